@@ -1,0 +1,38 @@
+"""The five Lakestack services: names, default ports and default addresses.
+
+Defaults match `lakestack up` (everything on localhost); compose overrides the addresses with
+service names through `LAKESTACK_<SERVICE>_ADDRESS`.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class ServiceInfo:
+    name: str  # python-style name, also the settings table and env infix
+    port: int
+
+    @property
+    def script(self) -> str:
+        return f"lakestack-{self.name.replace('_', '-')}"
+
+    @property
+    def address_env(self) -> str:
+        return f"LAKESTACK_{self.name.upper()}_ADDRESS"
+
+    def address(self) -> str:
+        """Where other services reach this one: `LAKESTACK_<NAME>_ADDRESS` or localhost."""
+        return os.environ.get(self.address_env, f"127.0.0.1:{self.port}")
+
+
+LAKEHOUSE = ServiceInfo("lakehouse", 50061)
+TECKEL_JOBS = ServiceInfo("teckel_jobs", 50062)
+DAS = ServiceInfo("das", 50063)
+VECTOR_CORE = ServiceInfo("vector_core", 50064)
+STREAMS = ServiceInfo("streams", 50065)
+
+SERVICES: tuple[ServiceInfo, ...] = (LAKEHOUSE, TECKEL_JOBS, DAS, VECTOR_CORE, STREAMS)
+NATS_PORT = 4222

@@ -1,0 +1,1 @@
+"""Lakestack das service."""

@@ -1,0 +1,1 @@
+"""Lakestack lakehouse service."""

@@ -1,0 +1,1 @@
+"""Lakestack streams service."""

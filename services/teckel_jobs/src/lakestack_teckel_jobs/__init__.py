@@ -1,0 +1,1 @@
+"""Lakestack teckel_jobs service."""

@@ -1,0 +1,1 @@
+"""Lakestack vector_core service."""

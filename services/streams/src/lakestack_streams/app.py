@@ -1,0 +1,33 @@
+"""Composition root of the streams service: settings -> storage -> handlers -> server."""
+
+from lakestack_common.entrypoint import run_service
+from lakestack_common.server import Service, Servicer
+from lakestack_protos.waymaker.streams import (
+    collections_pb2,
+    collections_pb2_grpc,
+    kv_pb2,
+    kv_pb2_grpc,
+    waymaker_streams_pb2,
+    waymaker_streams_pb2_grpc,
+)
+from lakestack_streams.server import CollectionsHandlers, KvHandlers, StreamsHandlers
+from lakestack_streams.settings import StreamsSettings
+
+
+class StreamsService(Service):
+    name = "streams"
+
+    def servicers(self) -> list[Servicer]:
+        return [
+            Servicer.of(
+                waymaker_streams_pb2, waymaker_streams_pb2_grpc, "WaymakerStreamsService", StreamsHandlers()
+            ),
+            Servicer.of(kv_pb2, kv_pb2_grpc, "WaymakerKvService", KvHandlers()),
+            Servicer.of(
+                collections_pb2, collections_pb2_grpc, "WaymakerCollectionsService", CollectionsHandlers()
+            ),
+        ]
+
+
+def main() -> None:
+    run_service(StreamsSettings, StreamsService)

@@ -42,7 +42,9 @@ def run_protoc(out: Path) -> None:
     mypy_plugin = shutil.which("protoc-gen-mypy") or str(scripts_dir / "protoc-gen-mypy")
     mypy_grpc_plugin = shutil.which("protoc-gen-mypy_grpc") or str(scripts_dir / "protoc-gen-mypy_grpc")
     cmd = [
-        sys.executable, "-m", "grpc_tools.protoc",
+        sys.executable,
+        "-m",
+        "grpc_tools.protoc",
         f"-I{PROTO_ROOT}",
         f"--plugin=protoc-gen-mypy={mypy_plugin}",
         f"--plugin=protoc-gen-mypy_grpc={mypy_grpc_plugin}",
@@ -87,12 +89,16 @@ def differences(a: Path, b: Path) -> list[str]:
     files_b = {p.relative_to(b) for p in b.rglob("*") if p.is_file() and "__pycache__" not in p.parts}
     diffs = [f"missing: {p}" for p in sorted(files_a - files_b)]
     diffs += [f"extra: {p}" for p in sorted(files_b - files_a)]
-    diffs += [f"stale: {p}" for p in sorted(files_a & files_b) if not filecmp.cmp(a / p, b / p, shallow=False)]
+    diffs += [
+        f"stale: {p}" for p in sorted(files_a & files_b) if not filecmp.cmp(a / p, b / p, shallow=False)
+    ]
     return diffs
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--check", action="store_true", help="fail if the generated code is stale")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:

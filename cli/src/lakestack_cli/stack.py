@@ -14,7 +14,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import sys
 import time
 from collections.abc import Awaitable, Callable
@@ -23,6 +22,7 @@ from pathlib import Path
 
 from lakestack_common import topology
 from lakestack_common.clients import check_health
+from lakestack_common.topology import free_port
 
 STATE_FILE = "lakestack-up.json"
 NATS = "nats"
@@ -69,12 +69,6 @@ class StackState:
     @staticmethod
     def remove(data_dir: Path) -> None:
         (data_dir / STATE_FILE).unlink(missing_ok=True)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def plan(only: list[str] | None, with_nats: bool, free_ports: bool, nats_port: int) -> list[Member]:
@@ -259,31 +253,36 @@ def _is_stack_process(pid: int | None) -> bool:
     return b"lakestack" in cmdline or b"nats-server" in cmdline
 
 
-def stop_recorded(data_dir: Path, grace_s: float = 20.0) -> list[tuple[str, str]]:
-    """`lakestack down`: stop the supervisor recorded in ``data_dir`` and every member it started.
+def _signal_and_wait(targets: list[tuple[str, int]], sig: signal.Signals, timeout_s: float) -> None:
+    for _, pid in targets:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, sig)
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline and any(pid_alive(pid) for _, pid in targets):
+        time.sleep(0.1)
 
-    Returns (name, outcome) rows. Works even when the supervisor itself has died.
+
+def stop_recorded(data_dir: Path, grace_s: float = 20.0) -> list[tuple[str, str]]:
+    """`lakestack down`: stop the stack recorded in ``data_dir``.
+
+    The supervisor gets SIGTERM and stops its members in order (services, then nats). Members it
+    leaves behind (or all of them, if the supervisor died) get SIGTERM, then SIGKILL after the
+    grace period. Returns (name, outcome) rows.
     """
     state = StackState.load(data_dir)
     if state is None:
         return []
-    rows: list[tuple[str, str]] = []
-    targets = [("supervisor", state.supervisor_pid)] + [(m.name, m.pid) for m in state.members]
-    # Never signal a recycled pid that now belongs to something else.
-    targets = [(name, pid) for name, pid in targets if pid_alive(pid) and _is_stack_process(pid)]
-    for _, pid in targets:
-        if pid_alive(pid):
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGTERM)  # type: ignore[arg-type]
-    deadline = time.monotonic() + grace_s
-    while time.monotonic() < deadline and any(pid_alive(pid) for _, pid in targets):
-        time.sleep(0.1)
-    for name, pid in targets:
-        if pid_alive(pid):
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)  # type: ignore[arg-type]
-            rows.append((name, "killed"))
-        else:
-            rows.append((name, "stopped"))
+    members = [(m.name, m.pid) for m in state.members if m.pid]
+    supervisor = [("supervisor", state.supervisor_pid)]
+
+    def running(targets: list[tuple[str, int]]) -> list[tuple[str, int]]:
+        # Never signal a recycled pid that now belongs to something else.
+        return [(name, pid) for name, pid in targets if pid_alive(pid) and _is_stack_process(pid)]
+
+    _signal_and_wait(running(supervisor), signal.SIGTERM, grace_s)
+    _signal_and_wait(running(members), signal.SIGTERM, grace_s)
+    leftovers = running(supervisor + members)
+    _signal_and_wait(leftovers, signal.SIGKILL, 5.0)
+    killed = {name for name, _ in leftovers}
     StackState.remove(data_dir)
-    return rows
+    return [(name, "killed" if name in killed else "stopped") for name, _ in supervisor + members]

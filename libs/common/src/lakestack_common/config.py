@@ -17,7 +17,7 @@ import tomllib
 from pathlib import Path
 from typing import Any, ClassVar
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
@@ -68,9 +68,9 @@ class ServiceSettings(BaseSettings):
         cls.model_config = {**cls.model_config, "env_prefix": env_prefix(cls.service.name)}
 
     host: str = "0.0.0.0"
-    # None = the service's default port; 0 = any free port (tests).
-    port: int = None  # type: ignore[assignment]
-    data_dir: Path = None  # type: ignore[assignment]
+    # Defaults come from `service` (see _service_defaults); port 0 = any free port (tests).
+    port: int = 0
+    data_dir: Path = Path("data")
     log_level: str = "INFO"
     log_format: str = Field("text", pattern="^(text|json)$")
 
@@ -88,12 +88,14 @@ class ServiceSettings(BaseSettings):
     # path, e.g. "/teckel.v1.TeckelService/Get*" or "*"). Empty = auth disabled.
     auth_tokens: dict[str, list[str]] = Field(default_factory=dict)
 
-    def model_post_init(self, __context: Any) -> None:
-        # Defaults that depend on the subclass are filled in after validation.
-        if self.port is None:
-            object.__setattr__(self, "port", self.service.port)
-        if self.data_dir is None:
-            object.__setattr__(self, "data_dir", Path("data") / self.service.name)
+    @model_validator(mode="before")
+    @classmethod
+    def _service_defaults(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            data = {**data}
+            data.setdefault("port", cls.service.port)
+            data.setdefault("data_dir", Path("data") / cls.service.name)
+        return data
 
     @field_validator("auth_tokens", mode="before")
     @classmethod

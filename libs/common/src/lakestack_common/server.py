@@ -196,7 +196,8 @@ class GrpcServer:
 
 
 async def serve(service: Service, settings: ServiceSettings) -> None:
-    """Run until SIGTERM or SIGINT, then drain and stop."""
+    """Run until SIGTERM or SIGINT, then drain and stop. Further signals during the drain are
+    ignored (the grace period already bounds it), so a double Ctrl-C cannot cut a commit short."""
     server = GrpcServer(service, settings)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -206,7 +207,7 @@ async def serve(service: Service, settings: ServiceSettings) -> None:
         await server.start()
         await stop.wait()
     finally:
+        await server.stop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             with contextlib.suppress(Exception):
                 loop.remove_signal_handler(sig)
-        await server.stop()

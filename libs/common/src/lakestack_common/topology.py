@@ -7,6 +7,7 @@ service names through `LAKESTACK_<SERVICE>_ADDRESS`.
 from __future__ import annotations
 
 import os
+import socket
 from dataclasses import dataclass
 
 
@@ -36,3 +37,10 @@ STREAMS = ServiceInfo("streams", 50065)
 
 SERVICES: tuple[ServiceInfo, ...] = (LAKEHOUSE, TECKEL_JOBS, DAS, VECTOR_CORE, STREAMS)
 NATS_PORT = 4222
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A port that was free a moment ago (for tests and `lakestack up --free-ports`)."""
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])

@@ -12,12 +12,12 @@ class LakehouseService(Service):
 
     def servicers(self) -> list[Servicer]:
         implementations = {
-            "CatalogService": handlers.CatalogHandlers(),
-            "HealthService": handlers.HealthHandlers(),
-            "OperationsService": handlers.OperationsHandlers(),
-            "StreamingService": handlers.StreamingHandlers(),
-            "AgentService": handlers.AgentHandlers(),
-            "ConfigService": handlers.ConfigHandlers(),
+            "CatalogService": handlers.CatalogHandlers(),  # type: ignore[abstract]  # unbuilt RPCs: UNIMPLEMENTED
+            "HealthService": handlers.HealthHandlers(),  # type: ignore[abstract]  # unbuilt RPCs: UNIMPLEMENTED
+            "OperationsService": handlers.OperationsHandlers(),  # type: ignore[abstract]  # unbuilt RPCs: UNIMPLEMENTED
+            "StreamingService": handlers.StreamingHandlers(),  # type: ignore[abstract]  # unbuilt RPCs: UNIMPLEMENTED
+            "AgentService": handlers.AgentHandlers(),  # type: ignore[abstract]  # unbuilt RPCs: UNIMPLEMENTED
+            "ConfigService": handlers.ConfigHandlers(),  # type: ignore[abstract]  # unbuilt RPCs: UNIMPLEMENTED
         }
         return [
             Servicer.of(lakehouse_pb2, lakehouse_pb2_grpc, name, impl)

@@ -17,9 +17,12 @@ help:
 	@echo "make compose-check validate deploy/compose.yaml"
 	@echo "make bench         run the benchmarks under bench/"
 
+# uv goes into a private venv; where the venv module is missing (Debian without python3-venv),
+# pip installs it into .tools/ directly. Either way the binary ends up at .tools/bin/uv.
 $(UV):
-	$(PYTHON) -m venv $(TOOLS)
-	$(TOOLS)/bin/python -m pip install --quiet --disable-pip-version-check "uv>=0.5"
+	( $(PYTHON) -m venv $(TOOLS) && $(TOOLS)/bin/python -m pip install --quiet --disable-pip-version-check "uv>=0.5" ) \
+	  || $(PYTHON) -m pip install --quiet --disable-pip-version-check --upgrade --target $(TOOLS) "uv>=0.5"
+	@test -x $(UV) || { echo "could not install uv into $(TOOLS)" >&2; exit 1; }
 
 bootstrap: $(UV)
 

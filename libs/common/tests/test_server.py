@@ -18,6 +18,7 @@ from lakestack_common.errors import NotFound
 from lakestack_common.server import GrpcServer, Service, Servicer
 from lakestack_common.testing import channel_to, running
 from lakestack_common.topology import ServiceInfo
+from lakestack_protos.core import core_pb2, core_pb2_grpc
 from lakestack_protos.lakehouse import lakehouse_pb2, lakehouse_pb2_grpc
 from lakestack_protos.teckel.v1 import teckel_pb2, teckel_pb2_grpc
 
@@ -54,6 +55,12 @@ class StreamingDemo(lakehouse_pb2_grpc.StreamingServiceServicer):
         raise NotFound("pipeline p2 not found")
 
 
+class EchoCall(core_pb2_grpc.RPCClientServicer):
+    async def Call(self, request_iterator, context):
+        async for request in request_iterator:
+            yield request
+
+
 class DemoService(Service):
     name = "demo"
 
@@ -67,6 +74,7 @@ class DemoService(Service):
         return [
             Servicer.of(teckel_pb2, teckel_pb2_grpc, "TeckelService", self.teckel),
             Servicer.of(lakehouse_pb2, lakehouse_pb2_grpc, "StreamingService", StreamingDemo()),
+            Servicer.of(core_pb2, core_pb2_grpc, "RPCClient", EchoCall()),
         ]
 
     async def start(self) -> None:
@@ -210,6 +218,38 @@ async def test_bearer_auth(token: str | None, method: str, expected: grpc.Status
             assert code is expected
         async with channel_to(server, max_attempts=1) as anonymous:  # health stays open for probes
             assert await health_of(anonymous) == "SERVING"
+
+
+async def test_bearer_token_reaches_streaming_calls() -> None:
+    async with running(demo(auth_tokens={"t": ["*"]})) as server:
+        async with channel_to(server, max_attempts=1, token="t") as channel:
+            stub = lakehouse_pb2_grpc.StreamingServiceStub(channel)
+            received = []
+            with pytest.raises(aio.AioRpcError) as err:
+                async for metrics in stub.MonitorMetrics(lakehouse_pb2.MonitorMetricsRequest()):
+                    received.append(metrics.pipeline_id)
+            # Authenticated: the handler ran (one message, then its own NOT_FOUND).
+            assert received == ["p1"]
+            assert err.value.code() is grpc.StatusCode.NOT_FOUND
+            # Bidirectional calls carry the token too.
+            answers = [r.request_id async for r in core_pb2_grpc.RPCClientStub(channel).Call(_requests(3))]
+            assert answers == [0, 1, 2]
+        async with channel_to(server, max_attempts=1) as anonymous:
+            with pytest.raises(aio.AioRpcError) as err:
+                async for _ in lakehouse_pb2_grpc.StreamingServiceStub(anonymous).MonitorMetrics(
+                    lakehouse_pb2.MonitorMetricsRequest()
+                ):
+                    pass
+            assert err.value.code() is grpc.StatusCode.UNAUTHENTICATED
+            with pytest.raises(aio.AioRpcError) as err:
+                async for _ in core_pb2_grpc.RPCClientStub(anonymous).Call(_requests(1)):
+                    pass
+            assert err.value.code() is grpc.StatusCode.UNAUTHENTICATED
+
+
+async def _requests(count: int) -> AsyncIterator[core_pb2.Request]:
+    for i in range(count):
+        yield core_pb2.Request(request_id=i)
 
 
 def _self_signed(tmp_path: Path) -> tuple[Path, Path]:

@@ -38,34 +38,55 @@ def service_config(timeout_s: float | None, max_attempts: int = 5) -> str:
     return json.dumps({"methodConfig": [method]})
 
 
-class _BearerToken(
-    aio.UnaryUnaryClientInterceptor,
-    aio.UnaryStreamClientInterceptor,
-    aio.StreamUnaryClientInterceptor,
-    aio.StreamStreamClientInterceptor,
-):
-    """Adds ``authorization: Bearer <token>`` to every call."""
+def _with_header(details: aio.ClientCallDetails, header: tuple[str, str]) -> aio.ClientCallDetails:
+    metadata = aio.Metadata(*(details.metadata or ()), header)
+    return aio.ClientCallDetails(
+        details.method, details.timeout, metadata, details.credentials, details.wait_for_ready
+    )
 
-    def __init__(self, token: str) -> None:
-        self._header = ("authorization", f"Bearer {token}")
 
-    def _details(self, details: aio.ClientCallDetails) -> aio.ClientCallDetails:
-        metadata = aio.Metadata(*(details.metadata or ()), self._header)
-        return aio.ClientCallDetails(
-            details.method, details.timeout, metadata, details.credentials, details.wait_for_ready
-        )
+class _UnaryUnaryHeader(aio.UnaryUnaryClientInterceptor):
+    def __init__(self, header: tuple[str, str]) -> None:
+        self.header = header
 
     async def intercept_unary_unary(self, continuation: Any, details: Any, request: Any) -> Any:
-        return await continuation(self._details(details), request)
+        return await continuation(_with_header(details, self.header), request)
+
+
+class _UnaryStreamHeader(aio.UnaryStreamClientInterceptor):
+    def __init__(self, header: tuple[str, str]) -> None:
+        self.header = header
 
     async def intercept_unary_stream(self, continuation: Any, details: Any, request: Any) -> Any:
-        return await continuation(self._details(details), request)
+        return await continuation(_with_header(details, self.header), request)
+
+
+class _StreamUnaryHeader(aio.StreamUnaryClientInterceptor):
+    def __init__(self, header: tuple[str, str]) -> None:
+        self.header = header
 
     async def intercept_stream_unary(self, continuation: Any, details: Any, request_iterator: Any) -> Any:
-        return await continuation(self._details(details), request_iterator)
+        return await continuation(_with_header(details, self.header), request_iterator)
+
+
+class _StreamStreamHeader(aio.StreamStreamClientInterceptor):
+    def __init__(self, header: tuple[str, str]) -> None:
+        self.header = header
 
     async def intercept_stream_stream(self, continuation: Any, details: Any, request_iterator: Any) -> Any:
-        return await continuation(self._details(details), request_iterator)
+        return await continuation(_with_header(details, self.header), request_iterator)
+
+
+def bearer_interceptors(token: str) -> list[aio.ClientInterceptor]:
+    """``authorization: Bearer <token>`` on every call. One interceptor per call kind: grpc.aio
+    files an interceptor object under the first kind it implements only."""
+    header = ("authorization", f"Bearer {token}")
+    return [
+        _UnaryUnaryHeader(header),
+        _UnaryStreamHeader(header),
+        _StreamUnaryHeader(header),
+        _StreamStreamHeader(header),
+    ]
 
 
 def open_channel(
@@ -86,7 +107,7 @@ def open_channel(
         ("grpc.max_send_message_length", max_message_bytes),
         ("grpc.keepalive_time_ms", 30_000),
     ]
-    interceptors: Sequence[aio.ClientInterceptor] = [_BearerToken(token)] if token else []
+    interceptors: Sequence[aio.ClientInterceptor] = bearer_interceptors(token) if token else []
     if tls_ca_file is not None:
         with open(tls_ca_file, "rb") as fh:
             credentials = grpc.ssl_channel_credentials(root_certificates=fh.read())

@@ -124,6 +124,8 @@ class CallWrapper(aio.ServerInterceptor):
 
 
 def _log_call(method: str, context: aio.ServicerContext, started: float, sent: int | None) -> None:
+    if not log.isEnabledFor(logging.INFO) and context.code() in (None, grpc.StatusCode.OK):
+        return  # the access log is the largest per-call cost (bench/RESULTS.md): skip its formatting
     code = context.code()
     status = code.name if isinstance(code, grpc.StatusCode) else "OK"
     if context.cancelled() and status == "OK":

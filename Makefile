@@ -65,7 +65,7 @@ compose-check:
 	docker-compose -f deploy/compose.yaml config --quiet
 
 bench: sync
-	$(RUN) python bench/run.py
+	$(RUN) python bench/run.py $(ARGS)
 
 clean:
 	rm -rf $(TOOLS) .venv data

@@ -37,14 +37,19 @@ class RunningProcess:
 
 
 def wait_serving(address: str, process: subprocess.Popen[bytes], log: Path, timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise AssertionError(f"exited with {process.returncode}:\n{log.read_text()[-3000:]}")
-        if asyncio.run(check_health(address, timeout_s=1.0)) == "SERVING":
-            return
-        time.sleep(0.2)
-    raise AssertionError(f"{address} not SERVING after {timeout}s:\n{log.read_text()[-3000:]}")
+    async def poll() -> str:  # one event loop for all probes (grpc.aio binds to its first loop)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if process.poll() is not None:
+                return f"exited with {process.returncode}"
+            if await check_health(address, timeout_s=1.0) == "SERVING":
+                return "SERVING"
+            await asyncio.sleep(0.2)
+        return f"not SERVING after {timeout}s"
+
+    outcome = asyncio.run(poll())
+    if outcome != "SERVING":
+        raise AssertionError(f"{address} {outcome}:\n{log.read_text()[-3000:]}")
 
 
 @pytest.fixture

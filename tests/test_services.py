@@ -9,6 +9,7 @@ import sys
 
 import grpc
 import pytest
+from google.protobuf import descriptor_pb2
 from grpc import aio
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
@@ -52,29 +53,28 @@ BUILT: dict[str, set[str]] = {}
 SERVICES = {info.name: info for info in topology.SERVICES}
 
 
-async def reflect(channel: aio.Channel, request: reflection_pb2.ServerReflectionRequest):
+async def reflect(
+    channel: aio.Channel, request: reflection_pb2.ServerReflectionRequest
+) -> reflection_pb2.ServerReflectionResponse:
+    """One reflection request; the stream is read to its end so nothing is left half-open."""
     stub = reflection_pb2_grpc.ServerReflectionStub(channel)
 
     async def one():
         yield request
 
-    async for reply in stub.ServerReflectionInfo(one()):
-        return reply
-    raise AssertionError("no reflection reply")
+    replies = [reply async for reply in stub.ServerReflectionInfo(one())]
+    assert len(replies) == 1, replies
+    return replies[0]
 
 
-async def listed_services(address: str) -> set[str]:
-    async with open_channel(address, max_attempts=1) as channel:
-        reply = await reflect(channel, reflection_pb2.ServerReflectionRequest(list_services=""))
-        return {s.name for s in reply.list_services_response.service}
+async def listed_services(channel: aio.Channel) -> set[str]:
+    reply = await reflect(channel, reflection_pb2.ServerReflectionRequest(list_services=""))
+    return {s.name for s in reply.list_services_response.service}
 
 
-async def methods_of(address: str, service: str):
+async def methods_of(channel: aio.Channel, service: str) -> list[tuple[str, bool, bool]]:
     """The service's methods as reflection describes them: (name, client_streaming, server_streaming)."""
-    from google.protobuf import descriptor_pb2
-
-    async with open_channel(address, max_attempts=1) as channel:
-        reply = await reflect(channel, reflection_pb2.ServerReflectionRequest(file_containing_symbol=service))
+    reply = await reflect(channel, reflection_pb2.ServerReflectionRequest(file_containing_symbol=service))
     package, _, short = service.rpartition(".")
     for blob in reply.file_descriptor_response.file_descriptor_proto:
         file = descriptor_pb2.FileDescriptorProto.FromString(blob)
@@ -87,44 +87,48 @@ async def methods_of(address: str, service: str):
 
 
 async def call_empty(
-    address: str, path: str, client_streaming: bool, server_streaming: bool
+    channel: aio.Channel, path: str, client_streaming: bool, server_streaming: bool
 ) -> grpc.StatusCode:
+    kind = {
+        (False, False): channel.unary_unary,
+        (False, True): channel.unary_stream,
+        (True, False): channel.stream_unary,
+        (True, True): channel.stream_stream,
+    }[(client_streaming, server_streaming)]
+    call = kind(path)  # raw bytes in and out: an empty message is b""
+    # A request stream stays empty: when the server rejects the call before reading, a message
+    # the client is still sending makes grpc.aio report INTERNAL instead of the server's status.
+    request = iter(()) if client_streaming else b""
+    try:
+        if server_streaming:
+            async for _ in call(request, timeout=10):
+                pass
+        else:
+            await call(request, timeout=10)
+    except aio.AioRpcError as exc:
+        return exc.code()
+    return grpc.StatusCode.OK
+
+
+async def check_contract(address: str, contract: dict[str, int]) -> None:
+    """One event loop and one channel for every call: grpc.aio binds to the loop that first uses it."""
     async with open_channel(address, max_attempts=1) as channel:
-        kind = {
-            (False, False): channel.unary_unary,
-            (False, True): channel.unary_stream,
-            (True, False): channel.stream_unary,
-            (True, True): channel.stream_stream,
-        }[(client_streaming, server_streaming)]
-        call = kind(path)  # raw bytes in and out: an empty message is b""
-        request = iter([b""]) if client_streaming else b""
-        try:
-            if server_streaming:
-                async for _ in call(request, timeout=10):
-                    pass
-            else:
-                await call(request, timeout=10)
-        except aio.AioRpcError as exc:
-            return exc.code()
-        return grpc.StatusCode.OK
+        assert await listed_services(channel) == set(contract) | INFRA
+        for service, rpc_count in contract.items():
+            methods = await methods_of(channel, service)
+            assert len(methods) == rpc_count, f"{service}: {len(methods)} RPCs"
+            for method, client_streaming, server_streaming in methods:
+                if method in BUILT.get(service, set()):
+                    continue
+                path = f"/{service}/{method}"
+                code = await call_empty(channel, path, client_streaming, server_streaming)
+                assert code is grpc.StatusCode.UNIMPLEMENTED, f"{path} answered {code}"
 
 
 @pytest.mark.parametrize("name", list(CONTRACTS))
 def test_service_serves_its_contract(name: str, start_service) -> None:
     running = start_service(SERVICES[name])
-    contract = CONTRACTS[name]
-    assert asyncio.run(listed_services(running.address)) == set(contract) | INFRA
-
-    for service, rpc_count in contract.items():
-        methods = asyncio.run(methods_of(running.address, service))
-        assert len(methods) == rpc_count, f"{service}: {len(methods)} RPCs"
-        for method, client_streaming, server_streaming in methods:
-            if method in BUILT.get(service, set()):
-                continue
-            path = f"/{service}/{method}"
-            code = asyncio.run(call_empty(running.address, path, client_streaming, server_streaming))
-            assert code is grpc.StatusCode.UNIMPLEMENTED, f"{path} answered {code}"
-
+    asyncio.run(check_contract(running.address, CONTRACTS[name]))
     assert running.terminate() == 0
     log = running.log.read_text()
     assert "draining" in log and "stopped" in log

@@ -104,6 +104,8 @@ class GrpcServer:
         self._ready = False
         self._health = health.aio.HealthServicer()
         self._server: aio.Server | None = None
+        # Built once: handler objects may hold state, so registration and health share the same ones.
+        self._servicers = list(service.servicers())
 
     @property
     def ready(self) -> bool:
@@ -111,7 +113,7 @@ class GrpcServer:
 
     @property
     def service_names(self) -> list[str]:
-        return [s.name for s in self.service.servicers()]
+        return [s.name for s in self._servicers]
 
     def _build(self) -> aio.Server:
         s = self.settings
@@ -127,12 +129,11 @@ class GrpcServer:
             ],
             maximum_concurrent_rpcs=s.max_concurrent_rpcs,
         )
-        servicers = self.service.servicers()
-        for servicer in servicers:
+        for servicer in self._servicers:
             servicer.add_to_server(servicer.implementation, server)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         names = [
-            *(sv.name for sv in servicers),
+            *self.service_names,
             health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
             reflection.SERVICE_NAME,
             REFLECTION_V1,

@@ -109,24 +109,31 @@ def _detach(argv: list[str], data_dir: Path, timeout: float) -> int:
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
-    deadline = time.monotonic() + timeout + 10
-    with console.status("starting the stack in the background..."):
-        while time.monotonic() < deadline:
-            if process.poll() is not None:
-                console.print(f"[red]lakestack up failed[/red] (exit {process.returncode}); see {log_path}")
-                return 1
+
+    async def wait_until_serving() -> tuple[StackState, dict[str, str]] | None:
+        # One event loop for every probe: grpc.aio binds to the first loop that uses it.
+        deadline = time.monotonic() + timeout + 10
+        while time.monotonic() < deadline and process.poll() is None:
             state = StackState.load(data_dir)
             if state is not None:
-                statuses = asyncio.run(_probe(state.members))
+                statuses = await _probe(state.members)
                 if all(v == "SERVING" for v in statuses.values()):
-                    console.print(_endpoint_table(state.members, statuses))
-                    console.print(
-                        f"running in the background (logs in {data_dir / 'logs'}); `lakestack down` stops it"
-                    )
-                    return 0
-            time.sleep(0.3)
-    console.print(f"[red]not serving after {timeout:.0f}s[/red]; see {log_path}")
-    stop_recorded(data_dir)
+                    return state, statuses
+            await asyncio.sleep(0.3)
+        return None
+
+    with console.status("starting the stack in the background..."):
+        serving = asyncio.run(wait_until_serving())
+    if serving is not None:
+        state, statuses = serving
+        console.print(_endpoint_table(state.members, statuses))
+        console.print(f"running in the background (logs in {data_dir / 'logs'}); `lakestack down` stops it")
+        return 0
+    if process.poll() is not None:
+        console.print(f"[red]lakestack up failed[/red] (exit {process.returncode}); see {log_path}")
+    else:
+        console.print(f"[red]not serving after {timeout:.0f}s[/red]; see {log_path}")
+        stop_recorded(data_dir)
     return 1
 
 

@@ -10,12 +10,24 @@ from lakestack_protos.waymaker.streams import (
     waymaker_streams_pb2,
     waymaker_streams_pb2_grpc,
 )
+from lakestack_streams.registry import StreamRegistry
 from lakestack_streams.server import CollectionsHandlers, KvHandlers, StreamsHandlers
 from lakestack_streams.settings import StreamsSettings
 
 
 class StreamsService(Service):
     name = "streams"
+    settings: StreamsSettings
+
+    def __init__(self, settings: StreamsSettings) -> None:
+        super().__init__(settings)
+        self.registry = StreamRegistry(settings.data_dir, settings.retention_sweep_interval_s)
+
+    async def start(self) -> None:
+        await self.registry.open()
+
+    async def stop(self) -> None:
+        await self.registry.close()
 
     def servicers(self) -> list[Servicer]:
         return [
@@ -23,7 +35,7 @@ class StreamsService(Service):
                 waymaker_streams_pb2,
                 waymaker_streams_pb2_grpc,
                 "WaymakerStreamsService",
-                StreamsHandlers(),  # type: ignore[abstract]  # unbuilt RPCs: UNIMPLEMENTED
+                StreamsHandlers(self.registry),  # type: ignore[abstract]  # unbuilt RPCs: UNIMPLEMENTED
             ),
             Servicer.of(kv_pb2, kv_pb2_grpc, "WaymakerKvService", KvHandlers()),  # type: ignore[abstract]  # unbuilt RPCs: UNIMPLEMENTED
             Servicer.of(

@@ -1,18 +1,149 @@
 """gRPC handlers of the streams service: translate protobuf <-> domain calls, nothing more.
 
-RPCs not overridden here are not built yet and answer UNIMPLEMENTED (through the generated base
-servicer and the shared call wrapper).
+Domain errors come back as `success=false` with the contract's `result_code`; an unexpected error
+is `result_code="internal"` (logged with a reference). RPCs not overridden here are not built yet
+and answer UNIMPLEMENTED (through the generated base servicer and the shared call wrapper).
 """
+
+from __future__ import annotations
+
+import functools
+import logging
+import uuid
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
 
 from lakestack_protos.waymaker.streams import (
     collections_pb2_grpc,
     kv_pb2_grpc,
     waymaker_streams_pb2_grpc,
 )
+from lakestack_protos.waymaker.streams import waymaker_streams_pb2 as pb
+from lakestack_streams import wire
+from lakestack_streams.errors import StreamsError
+from lakestack_streams.model import PublishRequest
+from lakestack_streams.registry import MUTABLE_FIELDS, StreamRegistry
+
+log = logging.getLogger("lakestack.streams")
+
+R = TypeVar("R")
+Handler = Callable[[Any, Any, Any], Awaitable[R]]
+
+SCAN_DEFAULT_LIMIT = 1000
+SCAN_MAX_LIMIT = 10_000
+MAX_SUBJECTS = 100_000
+
+
+def answers(response_type: type[R]) -> Callable[[Handler[R]], Handler[R]]:
+    """Turn domain errors raised by a handler into ``response_type(success=False, ...)``."""
+
+    def decorate(handler: Handler[R]) -> Handler[R]:
+        @functools.wraps(handler)
+        async def wrapper(self: Any, request: Any, context: Any) -> R:
+            try:
+                return await handler(self, request, context)
+            except StreamsError as exc:
+                return response_type(  # type: ignore[call-arg]
+                    success=False, result_code=exc.result_code, message=exc.message, **exc.response_fields()
+                )
+            except Exception:
+                ref = uuid.uuid4().hex[:12]
+                log.exception("%s failed (reference %s)", handler.__name__, ref)
+                return response_type(  # type: ignore[call-arg]
+                    success=False, result_code="internal", message=f"internal error (reference {ref})"
+                )
+
+        return wrapper
+
+    return decorate
 
 
 class StreamsHandlers(waymaker_streams_pb2_grpc.WaymakerStreamsServiceServicer):
-    pass
+    def __init__(self, registry: StreamRegistry) -> None:
+        self.registry = registry
+
+    # ---- stream lifecycle -------------------------------------------------------------------
+
+    @answers(pb.CreateStreamResponse)
+    async def CreateStream(self, request: pb.CreateStreamRequest, context: Any) -> pb.CreateStreamResponse:
+        await self.registry.create(wire.stream_config(request.config))
+        return pb.CreateStreamResponse(success=True, result_code="ok")
+
+    @answers(pb.DeleteStreamResponse)
+    async def DeleteStream(self, request: pb.DeleteStreamRequest, context: Any) -> pb.DeleteStreamResponse:
+        await self.registry.delete(request.name)
+        return pb.DeleteStreamResponse(success=True, result_code="ok")
+
+    @answers(pb.GetStreamInfoResponse)
+    async def GetStreamInfo(self, request: pb.GetStreamInfoRequest, context: Any) -> pb.GetStreamInfoResponse:
+        store = self.registry.get(request.name)
+        return pb.GetStreamInfoResponse(
+            success=True,
+            result_code="ok",
+            config=wire.stream_config_pb(store.config),
+            stats=wire.stats_pb(store.stats()),
+        )
+
+    async def ListStreams(self, request: pb.ListStreamsRequest, context: Any) -> pb.ListStreamsResponse:
+        return pb.ListStreamsResponse(names=self.registry.names())
+
+    @answers(pb.UpdateStreamResponse)
+    async def UpdateStream(self, request: pb.UpdateStreamRequest, context: Any) -> pb.UpdateStreamResponse:
+        changes = {field: getattr(request, field) for field in MUTABLE_FIELDS if request.HasField(field)}  # type: ignore[arg-type]
+        for bound in ("max_age_ms", "max_msgs", "max_bytes"):  # 0 clears a bound
+            if bound in changes and changes[bound] == 0:
+                changes[bound] = None
+        config, pruned = await self.registry.update(request.name, changes)
+        return pb.UpdateStreamResponse(
+            success=True, result_code="ok", config=wire.stream_config_pb(config), pruned=pruned
+        )
+
+    # ---- messages ---------------------------------------------------------------------------
+
+    @answers(pb.PublishResponse)
+    async def Publish(self, request: pb.PublishRequest, context: Any) -> pb.PublishResponse:
+        seq = await self.registry.publish(
+            request.stream,
+            PublishRequest(
+                subject=request.subject,
+                payload=request.payload,
+                headers=wire.headers(request),
+                ts_ms=request.ts_ms,
+                expected_last_seq=request.expected_last_seq
+                if request.HasField("expected_last_seq")
+                else None,
+            ),
+        )
+        return pb.PublishResponse(success=True, result_code="ok", seq=seq)
+
+    @answers(pb.ReadLatestAtSubjectResponse)
+    async def ReadLatestAtSubject(
+        self, request: pb.ReadLatestAtSubjectRequest, context: Any
+    ) -> pb.ReadLatestAtSubjectResponse:
+        latest = await self.registry.get(request.stream).latest_at(request.subject)
+        response = pb.ReadLatestAtSubjectResponse(success=True, result_code="ok")
+        if latest is not None:
+            response.latest.CopyFrom(wire.message_pb(latest))
+        return response
+
+    @answers(pb.ListSubjectsByPrefixResponse)
+    async def ListSubjectsByPrefix(
+        self, request: pb.ListSubjectsByPrefixRequest, context: Any
+    ) -> pb.ListSubjectsByPrefixResponse:
+        subjects = await self.registry.get(request.stream).subjects_with_prefix(request.prefix, MAX_SUBJECTS)
+        return pb.ListSubjectsByPrefixResponse(success=True, result_code="ok", subjects=subjects)
+
+    @answers(pb.ScanExactAtSubjectResponse)
+    async def ScanExactAtSubject(
+        self, request: pb.ScanExactAtSubjectRequest, context: Any
+    ) -> pb.ScanExactAtSubjectResponse:
+        limit = min(request.limit or SCAN_DEFAULT_LIMIT, SCAN_MAX_LIMIT)
+        messages = await self.registry.get(request.stream).scan_subject(
+            request.subject, request.from_seq, limit
+        )
+        return pb.ScanExactAtSubjectResponse(
+            success=True, result_code="ok", messages=[wire.message_pb(m) for m in messages]
+        )
 
 
 class KvHandlers(kv_pb2_grpc.WaymakerKvServiceServicer):

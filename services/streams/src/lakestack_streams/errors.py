@@ -1,0 +1,59 @@
+"""Domain errors of the streams service. Each carries the contract's `result_code`; handlers
+answer them as `success=false` responses. They derive from the shared hierarchy so that one that
+escapes a handler still maps to a sensible gRPC status."""
+
+from __future__ import annotations
+
+from lakestack_common import errors
+
+
+class StreamsError(errors.LakestackError):
+    result_code = "internal"
+
+    def response_fields(self) -> dict[str, object]:
+        """Extra response fields this error fills in (e.g. the current seq of wrong_revision)."""
+        return {}
+
+
+class NoSuchStream(StreamsError, errors.NotFound):
+    result_code = "no_such_stream"
+
+    def __init__(self, name: str) -> None:
+        super().__init__(f"stream {name!r} does not exist")
+
+
+class NoSuchConsumer(StreamsError, errors.NotFound):
+    result_code = "no_such_consumer"
+
+
+class StreamExists(StreamsError, errors.AlreadyExists):
+    result_code = "already_exists"
+
+
+class InvalidConfig(StreamsError, errors.InvalidArgument):
+    result_code = "invalid_config"
+
+
+class ImmutableField(StreamsError, errors.InvalidArgument):
+    result_code = "immutable_field"
+
+
+class SubjectRejected(StreamsError, errors.InvalidArgument):
+    result_code = "subject_rejected"
+
+
+class Oversize(StreamsError, errors.InvalidArgument):
+    result_code = "oversize"
+
+
+class WrongRevision(StreamsError, errors.Conflict):
+    """`expected_last_seq` did not match; `current` is the subject's actual last seq (0 = none)."""
+
+    result_code = "wrong_revision"
+
+    def __init__(self, subject: str, expected: int, current: int) -> None:
+        super().__init__(f"expected last seq {expected} at {subject!r}, but it is {current}")
+        self.current = current
+
+    def response_fields(self) -> dict[str, object]:
+        return {"seq": self.current}

@@ -1,0 +1,147 @@
+"""The streams of one node: create, open, delete and find them; publish with the stream's rules;
+run the background retention sweep. One SQLite file per stream under `<data>/streams/`."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from lakestack_streams.errors import InvalidConfig, NoSuchStream, Oversize, StreamExists, SubjectRejected
+from lakestack_streams.model import PublishRequest, StreamConfig
+from lakestack_streams.store import StreamStore
+from lakestack_streams.subjects import SubjectError, SubjectFilter, validate_subject
+
+log = logging.getLogger("lakestack.streams")
+
+# UpdateStream may change only these; everything else needs delete + recreate.
+MUTABLE_FIELDS = ("max_age_ms", "max_msgs", "max_bytes", "max_msg_bytes", "strict_limits")
+
+
+class StreamRegistry:
+    def __init__(self, data_dir: Path, sweep_interval_s: float = 5.0) -> None:
+        self.directory = data_dir / "streams"
+        self.sweep_interval_s = sweep_interval_s
+        self._streams: dict[str, StreamStore] = {}
+        self._filters: dict[str, SubjectFilter] = {}
+        self._lifecycle = asyncio.Lock()
+        self._sweeper: asyncio.Task[None] | None = None
+
+    async def open(self) -> None:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        for path in sorted(self.directory.glob("*.db")):
+            try:
+                store = await StreamStore.open(path)
+            except Exception:
+                # A stream whose creation was cut short has no config; keep it aside, never delete data.
+                log.exception("cannot open %s; moving it to %s.broken", path, path.name)
+                path.rename(path.with_suffix(".db.broken"))
+                continue
+            self._add(store)
+        self._sweeper = asyncio.create_task(self._sweep_forever(), name="streams-retention-sweep")
+        log.info("opened %d streams from %s", len(self._streams), self.directory)
+
+    async def close(self) -> None:
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._sweeper
+        for store in list(self._streams.values()):
+            await store.close()
+        self._streams.clear()
+
+    def _add(self, store: StreamStore) -> None:
+        self._streams[store.config.name] = store
+        self._filters[store.config.name] = store.config.subject_filter
+
+    # ---- lookup -----------------------------------------------------------------------------
+
+    def names(self) -> list[str]:
+        return sorted(self._streams)
+
+    def get(self, name: str) -> StreamStore:
+        store = self._streams.get(name)
+        if store is None:
+            raise NoSuchStream(name)
+        return store
+
+    # ---- lifecycle --------------------------------------------------------------------------
+
+    async def create(self, config: StreamConfig) -> StreamStore:
+        config = config.validated()
+        async with self._lifecycle:
+            if config.name in self._streams:
+                raise StreamExists(f"stream {config.name!r} already exists")
+            path = None if config.ephemeral else self.directory / f"{config.name}.db"
+            if path is not None:
+                _remove_files(path)  # leftovers of a stream deleted mid-way
+            store = await StreamStore.open(path, config)
+            self._add(store)
+        log.info("created stream %s", config.name, extra={"ephemeral": config.ephemeral})
+        return store
+
+    async def delete(self, name: str) -> None:
+        async with self._lifecycle:
+            store = self._streams.pop(name, None)
+            if store is None:
+                raise NoSuchStream(name)
+            self._filters.pop(name, None)
+            await store.close()
+            if store.path is not None:
+                _remove_files(store.path)
+        log.info("deleted stream %s", name)
+
+    async def update(self, name: str, changes: dict[str, Any]) -> tuple[StreamConfig, int]:
+        """Apply a partial update of the mutable fields; returns (new config, messages pruned)."""
+        unknown = set(changes) - set(MUTABLE_FIELDS)
+        if unknown:
+            raise InvalidConfig(f"not updatable: {sorted(unknown)}")
+        store = self.get(name)
+        config = replace(store.config, **changes).validated()
+        pruned = await store.update_config(config)
+        return config, pruned
+
+    # ---- publish ----------------------------------------------------------------------------
+
+    async def publish(self, stream: str, request: PublishRequest) -> int:
+        store = self.get(stream)
+        try:
+            validate_subject(request.subject)
+        except SubjectError as exc:
+            raise SubjectRejected(str(exc)) from exc
+        if not self._filters[stream].accepts(request.subject):
+            raise SubjectRejected(
+                f"subject {request.subject!r} does not match the subjects of stream {stream!r}: "
+                f"{list(store.config.subjects_filter)}"
+            )
+        limit = store.config.max_msg_bytes
+        if limit and len(request.payload) > limit:
+            raise Oversize(
+                f"payload of {len(request.payload)} bytes exceeds max_msg_bytes {limit} of {stream!r}"
+            )
+        return await store.publish(request)
+
+    # ---- retention --------------------------------------------------------------------------
+
+    async def sweep(self) -> int:
+        pruned = 0
+        for store in list(self._streams.values()):
+            if not store.closed:
+                pruned += await store.prune()
+        return pruned
+
+    async def _sweep_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self.sweep_interval_s)
+            try:
+                await self.sweep()
+            except Exception:
+                log.exception("retention sweep failed")
+
+
+def _remove_files(path: Path) -> None:
+    for suffix in ("", "-wal", "-shm"):
+        Path(f"{path}{suffix}").unlink(missing_ok=True)

@@ -1,0 +1,101 @@
+"""Translation between the waymaker.streams protobuf messages and the streams domain model."""
+
+from __future__ import annotations
+
+from lakestack_protos.waymaker.streams import waymaker_streams_pb2 as pb
+from lakestack_streams.model import Message, SourceConfig, StreamConfig, StreamStats
+
+
+def stream_config(message: pb.StreamConfigPb) -> StreamConfig:
+    policy = message.retention.WhichOneof("policy")
+    limits = message.retention.limits
+    return StreamConfig(
+        name=message.name,
+        subjects_filter=tuple(message.subjects_filter),
+        retention={"work_queue": "work_queue", "interest": "interest"}.get(policy or "", "limits"),  # type: ignore[arg-type]
+        max_age_ms=limits.max_age_ms if limits.HasField("max_age_ms") else None,
+        max_msgs=limits.max_msgs if limits.HasField("max_msgs") else None,
+        max_bytes=limits.max_bytes if limits.HasField("max_bytes") else None,
+        strict_limits=limits.strict_limits,
+        block_size=message.block_size,
+        max_msg_bytes=message.max_msg_bytes,
+        ephemeral=message.ephemeral,
+        sources=tuple(
+            SourceConfig(
+                source_stream=s.source_stream,
+                filter_subject=s.filter_subject,
+                start_seq=s.start_seq,
+                start_time_ms=s.start_time_ms,
+                transform_source=s.subject_transform.source_pattern,
+                transform_destination=s.subject_transform.destination,
+                max_initial_backfill=s.max_initial_backfill,
+                on_drop=s.on_drop,
+                dlq_stream=s.dlq_stream,
+            )
+            for s in message.sources
+        ),
+        max_msgs_per_subject=message.max_msgs_per_subject,
+    )
+
+
+def stream_config_pb(config: StreamConfig) -> pb.StreamConfigPb:
+    retention = pb.Retention()
+    if config.retention == "work_queue":
+        retention.work_queue.SetInParent()
+    elif config.retention == "interest":
+        retention.interest.SetInParent()
+    else:
+        retention.limits.strict_limits = config.strict_limits
+        for bound in ("max_age_ms", "max_msgs", "max_bytes"):
+            value = getattr(config, bound)
+            if value is not None:
+                setattr(retention.limits, bound, value)
+    return pb.StreamConfigPb(
+        name=config.name,
+        subjects_filter=list(config.subjects_filter),
+        retention=retention,
+        block_size=config.block_size,
+        max_msg_bytes=config.max_msg_bytes,
+        ephemeral=config.ephemeral,
+        sources=[
+            pb.StreamSourceConfigPb(
+                source_stream=s.source_stream,
+                filter_subject=s.filter_subject,
+                start_seq=s.start_seq,
+                start_time_ms=s.start_time_ms,
+                subject_transform=pb.SubjectTransformPb(
+                    source_pattern=s.transform_source, destination=s.transform_destination
+                ),
+                max_initial_backfill=s.max_initial_backfill,
+                on_drop=s.on_drop,  # type: ignore[arg-type]
+                dlq_stream=s.dlq_stream,
+            )
+            for s in config.sources
+        ],
+        max_msgs_per_subject=config.max_msgs_per_subject,
+    )
+
+
+def stats_pb(stats: StreamStats) -> pb.StreamStatsPb:
+    return pb.StreamStatsPb(
+        last_seq=stats.last_seq,
+        msg_count=stats.msg_count,
+        bytes=stats.bytes,
+        block_count=stats.block_count,
+        first_block=stats.first_block,
+    )
+
+
+def message_pb(message: Message, deliver_count: int = 0) -> pb.MessagePb:
+    return pb.MessagePb(
+        seq=message.seq,
+        subject=message.subject,
+        ts_ms=message.ts_ms,
+        headers=[pb.MessageHeader(key=k, value=v) for k, v in message.headers],
+        payload=message.payload,
+        deliver_count=deliver_count,
+    )
+
+
+def headers(message: pb.PublishRequest) -> tuple[tuple[str, str], ...]:
+    return tuple((h.key, h.value) for h in message.headers)

@@ -52,6 +52,8 @@ BUILT: dict[str, set[str]] = {
     "waymaker.streams.WaymakerStreamsService": {
         "CreateStream", "DeleteStream", "GetStreamInfo", "ListStreams", "UpdateStream", "Publish",
         "ReadLatestAtSubject", "ListSubjectsByPrefix", "ScanExactAtSubject",
+        "CreateConsumer", "DeleteConsumer", "ListConsumers", "GetConsumerInfo",
+        "Fetch", "Ack", "Nak", "Term", "InProgress", "Subscribe",
     },
 }  # fmt: skip
 

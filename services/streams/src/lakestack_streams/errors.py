@@ -4,10 +4,10 @@ escapes a handler still maps to a sensible gRPC status."""
 
 from __future__ import annotations
 
-from lakestack_common import errors
+from lakestack_common.errors import AlreadyExists, Conflict, InvalidArgument, LakestackError, NotFound
 
 
-class StreamsError(errors.LakestackError):
+class StreamsError(LakestackError):
     result_code = "internal"
 
     def response_fields(self) -> dict[str, object]:
@@ -15,38 +15,38 @@ class StreamsError(errors.LakestackError):
         return {}
 
 
-class NoSuchStream(StreamsError, errors.NotFound):
+class NoSuchStream(StreamsError, NotFound):
     result_code = "no_such_stream"
 
     def __init__(self, name: str) -> None:
         super().__init__(f"stream {name!r} does not exist")
 
 
-class NoSuchConsumer(StreamsError, errors.NotFound):
+class NoSuchConsumer(StreamsError, NotFound):
     result_code = "no_such_consumer"
 
 
-class StreamExists(StreamsError, errors.AlreadyExists):
+class StreamExists(StreamsError, AlreadyExists):
     result_code = "already_exists"
 
 
-class InvalidConfig(StreamsError, errors.InvalidArgument):
+class InvalidConfig(StreamsError, InvalidArgument):
     result_code = "invalid_config"
 
 
-class ImmutableField(StreamsError, errors.InvalidArgument):
+class ImmutableField(StreamsError, InvalidArgument):
     result_code = "immutable_field"
 
 
-class SubjectRejected(StreamsError, errors.InvalidArgument):
+class SubjectRejected(StreamsError, InvalidArgument):
     result_code = "subject_rejected"
 
 
-class Oversize(StreamsError, errors.InvalidArgument):
+class Oversize(StreamsError, InvalidArgument):
     result_code = "oversize"
 
 
-class WrongRevision(StreamsError, errors.Conflict):
+class WrongRevision(StreamsError, Conflict):
     """`expected_last_seq` did not match; `current` is the subject's actual last seq (0 = none)."""
 
     result_code = "wrong_revision"

@@ -10,6 +10,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from lakestack_streams.consumers import Consumers
 from lakestack_streams.errors import InvalidConfig, NoSuchStream, Oversize, StreamExists, SubjectRejected
 from lakestack_streams.model import PublishRequest, StreamConfig
 from lakestack_streams.store import StreamStore
@@ -27,6 +28,7 @@ class StreamRegistry:
         self.sweep_interval_s = sweep_interval_s
         self._streams: dict[str, StreamStore] = {}
         self._filters: dict[str, SubjectFilter] = {}
+        self._consumers: dict[str, Consumers] = {}
         self._lifecycle = asyncio.Lock()
         self._sweeper: asyncio.Task[None] | None = None
 
@@ -54,8 +56,10 @@ class StreamRegistry:
         self._streams.clear()
 
     def _add(self, store: StreamStore) -> None:
-        self._streams[store.config.name] = store
-        self._filters[store.config.name] = store.config.subject_filter
+        name = store.config.name
+        self._streams[name] = store
+        self._filters[name] = store.config.subject_filter
+        self._consumers[name] = Consumers(store, lambda request: self.publish(name, request))
 
     # ---- lookup -----------------------------------------------------------------------------
 
@@ -67,6 +71,12 @@ class StreamRegistry:
         if store is None:
             raise NoSuchStream(name)
         return store
+
+    def consumers(self, stream: str) -> Consumers:
+        consumers = self._consumers.get(stream)
+        if consumers is None:
+            raise NoSuchStream(stream)
+        return consumers
 
     # ---- lifecycle --------------------------------------------------------------------------
 
@@ -89,6 +99,7 @@ class StreamRegistry:
             if store is None:
                 raise NoSuchStream(name)
             self._filters.pop(name, None)
+            self._consumers.pop(name, None)
             await store.close()
             if store.path is not None:
                 _remove_files(store.path)
@@ -128,9 +139,10 @@ class StreamRegistry:
 
     async def sweep(self) -> int:
         pruned = 0
-        for store in list(self._streams.values()):
+        for name, store in list(self._streams.items()):
             if not store.closed:
                 pruned += await store.prune()
+                pruned += await self._consumers[name].interest_prune()
         return pruned
 
     async def _sweep_forever(self) -> None:

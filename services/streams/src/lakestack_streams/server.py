@@ -7,10 +7,12 @@ and answer UNIMPLEMENTED (through the generated base servicer and the shared cal
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import functools
 import logging
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
 
 from lakestack_protos.waymaker.streams import (
@@ -23,12 +25,18 @@ from lakestack_streams import wire
 from lakestack_streams.errors import StreamsError
 from lakestack_streams.model import PublishRequest
 from lakestack_streams.registry import MUTABLE_FIELDS, StreamRegistry
+from lakestack_streams.store import now_ms
 
 log = logging.getLogger("lakestack.streams")
 
 R = TypeVar("R")
 Handler = Callable[[Any, Any, Any], Awaitable[R]]
 
+SUBSCRIBE_DEFAULT_BATCH = 16
+SUBSCRIBE_MAX_BATCH = 1024
+# Upper bound on one idle wait of a Subscribe: appends and due redeliveries wake it earlier; this
+# only bounds how long a deleted consumer goes unnoticed by an idle subscriber.
+SUBSCRIBE_RECHECK_S = 2.0
 SCAN_DEFAULT_LIMIT = 1000
 SCAN_MAX_LIMIT = 10_000
 MAX_SUBJECTS = 100_000
@@ -144,6 +152,111 @@ class StreamsHandlers(waymaker_streams_pb2_grpc.WaymakerStreamsServiceServicer):
         return pb.ScanExactAtSubjectResponse(
             success=True, result_code="ok", messages=[wire.message_pb(m) for m in messages]
         )
+
+    # ---- consumers --------------------------------------------------------------------------
+
+    @answers(pb.CreateConsumerResponse)
+    async def CreateConsumer(
+        self, request: pb.CreateConsumerRequest, context: Any
+    ) -> pb.CreateConsumerResponse:
+        await self.registry.consumers(request.stream).create(wire.consumer_config(request.config))
+        return pb.CreateConsumerResponse(success=True, result_code="ok")
+
+    @answers(pb.DeleteConsumerResponse)
+    async def DeleteConsumer(
+        self, request: pb.DeleteConsumerRequest, context: Any
+    ) -> pb.DeleteConsumerResponse:
+        await self.registry.consumers(request.stream).delete(request.consumer)
+        return pb.DeleteConsumerResponse(success=True, result_code="ok")
+
+    @answers(pb.ListConsumersResponse)
+    async def ListConsumers(self, request: pb.ListConsumersRequest, context: Any) -> pb.ListConsumersResponse:
+        states = await self.registry.consumers(request.stream).all()
+        return pb.ListConsumersResponse(
+            success=True, result_code="ok", consumers=[wire.consumer_state_pb(s) for s in states]
+        )
+
+    @answers(pb.GetConsumerInfoResponse)
+    async def GetConsumerInfo(
+        self, request: pb.GetConsumerInfoRequest, context: Any
+    ) -> pb.GetConsumerInfoResponse:
+        state = await self.registry.consumers(request.stream).info(request.consumer)
+        return pb.GetConsumerInfoResponse(
+            success=True, result_code="ok", consumer=wire.consumer_state_pb(state)
+        )
+
+    @answers(pb.FetchResponse)
+    async def Fetch(self, request: pb.FetchRequest, context: Any) -> pb.FetchResponse:
+        deliveries = await self.registry.consumers(request.stream).fetch(
+            request.consumer, request.batch_size or 1
+        )
+        return pb.FetchResponse(
+            success=True,
+            result_code="ok",
+            messages=[wire.message_pb(d.message, d.deliver_count) for d in deliveries],
+        )
+
+    @answers(pb.AckResponse)
+    async def Ack(self, request: pb.AckRequest, context: Any) -> pb.AckResponse:
+        pending = await self.registry.consumers(request.stream).ack(request.consumer, request.seq)
+        return pb.AckResponse(success=True, result_code="ok", message=_not_pending(request.seq, pending))
+
+    @answers(pb.NakResponse)
+    async def Nak(self, request: pb.NakRequest, context: Any) -> pb.NakResponse:
+        consumers = self.registry.consumers(request.stream)
+        pending = await consumers.nak(request.consumer, request.seq, request.delay_ms)
+        return pb.NakResponse(success=True, result_code="ok", message=_not_pending(request.seq, pending))
+
+    @answers(pb.TermResponse)
+    async def Term(self, request: pb.TermRequest, context: Any) -> pb.TermResponse:
+        pending = await self.registry.consumers(request.stream).term(request.consumer, request.seq)
+        return pb.TermResponse(success=True, result_code="ok", message=_not_pending(request.seq, pending))
+
+    @answers(pb.InProgressResponse)
+    async def InProgress(self, request: pb.InProgressRequest, context: Any) -> pb.InProgressResponse:
+        pending = await self.registry.consumers(request.stream).in_progress(request.consumer, request.seq)
+        return pb.InProgressResponse(
+            success=True, result_code="ok", message=_not_pending(request.seq, pending)
+        )
+
+    async def Subscribe(self, request: pb.SubscribeRequest, context: Any) -> AsyncIterator[pb.SubscribeEvent]:
+        """Push delivery: fetch, stream, and when caught up wait for the next append (or the next
+        redelivery becoming due) instead of polling."""
+        batch = min(request.batch_size or SUBSCRIBE_DEFAULT_BATCH, SUBSCRIBE_MAX_BATCH)
+        try:
+            store = self.registry.get(request.stream)
+            consumers = self.registry.consumers(request.stream)
+            while True:
+                deliveries = await consumers.fetch(request.consumer, batch)
+                for delivery in deliveries:
+                    yield pb.SubscribeEvent(message=wire.message_pb(delivery.message, delivery.deliver_count))
+                if deliveries:
+                    continue
+                if request.stop_when_empty:
+                    yield pb.SubscribeEvent(stopped=pb.SubscribeStopped(reason="empty: backlog drained"))
+                    return
+                caught_up = store.last_seq
+                due = await consumers.next_redelivery_ms(request.consumer)
+                wait_s = (
+                    SUBSCRIBE_RECHECK_S
+                    if due is None
+                    else min(max(due - now_ms(), 0) / 1000, SUBSCRIBE_RECHECK_S)
+                )
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(wait_s):
+                        await store.wait_for_append(caught_up)
+                if store.closed:
+                    yield pb.SubscribeEvent(stopped=pb.SubscribeStopped(reason="stream deleted"))
+                    return
+        except StreamsError as exc:  # consumer or stream deleted, or never existed
+            yield pb.SubscribeEvent(stopped=pb.SubscribeStopped(reason=f"{exc.result_code}: {exc.message}"))
+
+
+def _not_pending(seq: int, pending: bool) -> str:
+    # Acks are idempotent (a redelivered message may be acked twice): not an error, but say so.
+    return (
+        "" if pending else f"seq {seq} was not pending (already acknowledged, terminated or never delivered)"
+    )
 
 
 class KvHandlers(kv_pb2_grpc.WaymakerKvServiceServicer):

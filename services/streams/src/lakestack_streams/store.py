@@ -21,7 +21,7 @@ from collections import defaultdict
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import aiosqlite
 
@@ -50,6 +50,28 @@ MIGRATIONS = [
         bytes INTEGER NOT NULL,
         max_ts INTEGER NOT NULL
     );
+    """,
+    # Consumers live in their stream's file, so a WorkQueue ack and the message delete it causes
+    # commit together.
+    """
+    CREATE TABLE consumers (
+        name TEXT PRIMARY KEY,
+        config TEXT NOT NULL,
+        ack_floor INTEGER NOT NULL,
+        last_delivered INTEGER NOT NULL,  -- highest stream seq delivered
+        cursor INTEGER NOT NULL,  -- highest stream seq examined (non-matching ones included)
+        created_at_ms INTEGER NOT NULL,
+        redelivered_dropped INTEGER NOT NULL DEFAULT 0
+    );
+    CREATE TABLE pending (
+        consumer TEXT NOT NULL REFERENCES consumers(name) ON DELETE CASCADE,
+        seq INTEGER NOT NULL,
+        delivered_at_ms INTEGER NOT NULL,
+        deliver_count INTEGER NOT NULL,
+        eligible_at_ms INTEGER NOT NULL,
+        PRIMARY KEY (consumer, seq)
+    ) WITHOUT ROWID;
+    CREATE INDEX pending_by_eligibility ON pending(consumer, eligible_at_ms);
     """,
 ]
 
@@ -88,6 +110,47 @@ class Block:
 
 class StoreClosed(StreamsError):
     result_code = "internal"
+
+
+class Txn:
+    """What a :meth:`StreamStore.write` body may do inside its transaction."""
+
+    def __init__(self, store: StreamStore) -> None:
+        self._store = store
+
+    async def execute(self, sql: str, params: Sequence[object] = ()) -> None:
+        await self._store._db.execute(sql, params)
+
+    async def executemany(self, sql: str, rows: Iterable[Sequence[object]]) -> None:
+        await self._store._db.executemany(sql, rows)
+
+    async def fetchall(self, sql: str, params: Sequence[object] = ()) -> list[tuple[Any, ...]]:
+        async with self._store._db.execute(sql, params) as cursor:
+            return [tuple(row) for row in await cursor.fetchall()]
+
+    async def messages(self, sql_where: str, params: Sequence[object] = ()) -> list[Message]:
+        async with self._store._db.execute(
+            f"SELECT {_COLUMNS} FROM messages WHERE {sql_where}", params
+        ) as cursor:
+            return [_message(r) for r in await cursor.fetchall()]
+
+    async def remove(self, seqs: Iterable[int]) -> int:
+        """Delete these messages (those still present), keeping blocks and counters in step."""
+        wanted = list(seqs)
+        if not wanted:
+            return 0
+        marks = ",".join("?" * len(wanted))
+        rows = await self.fetchall(f"SELECT seq, size FROM messages WHERE seq IN ({marks})", wanted)
+        return await self._store._delete_rows((int(seq), int(size)) for seq, size in rows)
+
+    async def drop_blocks_through(self, seq: int) -> int:
+        """Drop every whole block whose last seq is <= ``seq`` (Interest retention)."""
+        removed = 0
+        for block in sorted(self._store._blocks):
+            if block * self._store.config.block_size > seq:
+                break
+            removed += await self._store._drop_block(block)
+        return removed
 
 
 class StreamStore:
@@ -421,6 +484,13 @@ class StreamStore:
 
     # ---- maintenance ------------------------------------------------------------------------
 
+    async def write(self, body: Callable[[Txn], Awaitable[T]]) -> T:
+        """Run ``body`` in one transaction, serialised with publishes (consumer state changes)."""
+        if self._closed:
+            raise StoreClosed(f"stream {self._config.name!r} is closed")
+        async with self._lock:
+            return await self._transaction(lambda: body(Txn(self)))
+
     async def prune(self, now: int | None = None) -> int:
         """Apply the retention bounds now (the background sweep and UpdateStream call this)."""
         if self._config.retention != "limits" or self._closed:
@@ -514,7 +584,7 @@ class StreamStore:
         return await self._rows(
             f"SELECT {_COLUMNS} FROM messages WHERE seq >= ? AND subject >= ? AND subject < ? "
             "ORDER BY seq LIMIT ?",
-            (from_seq, prefix, _prefix_end(prefix), limit),
+            (from_seq, prefix, prefix_end(prefix), limit),
         )
 
     async def latest_at(self, subject: str) -> Message | None:
@@ -536,7 +606,7 @@ class StreamStore:
                 "SELECT DISTINCT subject FROM messages WHERE subject >= ? AND subject < ? "
                 "ORDER BY subject LIMIT ?"
             )
-            params: tuple[object, ...] = (prefix, _prefix_end(prefix), limit)
+            params: tuple[object, ...] = (prefix, prefix_end(prefix), limit)
         else:
             sql, params = "SELECT DISTINCT subject FROM messages ORDER BY subject LIMIT ?", (limit,)
 
@@ -563,6 +633,6 @@ async def _read_meta(db: aiosqlite.Connection, key: str) -> str | None:
     return None if row is None else str(row[0])
 
 
-def _prefix_end(prefix: str) -> str:
+def prefix_end(prefix: str) -> str:
     """The smallest string greater than every string starting with ``prefix``."""
     return prefix[:-1] + chr(ord(prefix[-1]) + 1)

@@ -3,7 +3,16 @@
 from __future__ import annotations
 
 from lakestack_protos.waymaker.streams import waymaker_streams_pb2 as pb
+from lakestack_streams.consumers import ConsumerConfig, ConsumerState
 from lakestack_streams.model import Message, SourceConfig, StreamConfig, StreamStats
+
+DELIVER_POLICIES = {
+    pb.DELIVERY_ALL: "all",
+    pb.DELIVERY_LAST: "last",
+    pb.DELIVERY_BY_START_SEQ: "by_start_seq",
+    pb.DELIVERY_BY_START_TIME: "by_start_time",
+}
+DELIVER_POLICY_PB = {name: value for value, name in DELIVER_POLICIES.items()}
 
 
 def stream_config(message: pb.StreamConfigPb) -> StreamConfig:
@@ -99,3 +108,40 @@ def message_pb(message: Message, deliver_count: int = 0) -> pb.MessagePb:
 
 def headers(message: pb.PublishRequest) -> tuple[tuple[str, str], ...]:
     return tuple((h.key, h.value) for h in message.headers)
+
+
+def consumer_config(message: pb.ConsumerConfigPb) -> ConsumerConfig:
+    return ConsumerConfig(
+        name=message.name,
+        filter_subject=message.filter_subject,
+        deliver_policy=DELIVER_POLICIES.get(message.delivery_policy.type, "all"),  # type: ignore[arg-type]
+        start_seq=message.delivery_policy.start_seq,
+        start_time_ms=message.delivery_policy.start_time_ms,
+        ack_wait_ms=message.ack_wait_ms,
+        max_deliver=message.max_deliver,
+        deliver_group=message.deliver_group,
+        dead_letter_subject=message.dead_letter_subject,
+    )
+
+
+def consumer_state_pb(state: ConsumerState) -> pb.ConsumerStatePb:
+    c = state.config
+    return pb.ConsumerStatePb(
+        config=pb.ConsumerConfigPb(
+            name=c.name,
+            filter_subject=c.filter_subject,
+            delivery_policy=pb.DeliveryPolicyPb(
+                type=DELIVER_POLICY_PB[c.deliver_policy],  # type: ignore[arg-type]
+                start_seq=c.start_seq,
+                start_time_ms=c.start_time_ms,
+            ),
+            ack_wait_ms=c.ack_wait_ms,
+            max_deliver=c.max_deliver,
+            deliver_group=c.deliver_group,
+            dead_letter_subject=c.dead_letter_subject,
+        ),
+        ack_floor=state.ack_floor,
+        last_delivered=state.last_delivered,
+        created_at_ms=state.created_at_ms,
+        redelivered_dropped=state.redelivered_dropped,
+    )

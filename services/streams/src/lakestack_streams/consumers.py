@@ -1,0 +1,377 @@
+"""Durable consumers of one stream (JetStream semantics where the contract is silent).
+
+State lives in the stream's own database: `consumers` (config, ack floor, delivery cursor,
+dropped count) and `pending` (delivered, not yet acked: delivery count and when it becomes
+eligible for redelivery). Every operation is one transaction, serialised with publishes.
+
+- Fetch first redelivers pending messages whose ack_wait (or Nak delay) has passed, then delivers
+  new messages after the cursor that match the filter.
+- A message delivered `max_deliver` times and not acked is dropped (counted in
+  `redelivered_dropped`) and, with `dead_letter_subject`, republished there with
+  `x-waymaker-dlq-*` headers.
+- Ack removes it from pending (and, on a WorkQueue stream, from the stream); the ack floor is the
+  highest seq below which nothing is pending.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Awaitable, Callable
+from dataclasses import asdict, dataclass, replace
+from typing import Literal
+
+from lakestack_streams.errors import InvalidConfig, NoSuchConsumer, StreamExists
+from lakestack_streams.model import Message, PublishRequest
+from lakestack_streams.store import StreamStore, Txn, now_ms, prefix_end
+from lakestack_streams.subjects import (
+    SubjectError,
+    SubjectFilter,
+    literal_prefix,
+    validate_name,
+    validate_pattern,
+)
+
+DeliverPolicy = Literal["all", "last", "by_start_seq", "by_start_time"]
+DEFAULT_ACK_WAIT_MS = 30_000
+DEFAULT_MAX_DELIVER = 5
+MAX_FETCH_BATCH = 10_000
+SCAN_WINDOW = 1_000
+
+
+@dataclass(frozen=True)
+class ConsumerConfig:
+    name: str
+    filter_subject: str = ""
+    deliver_policy: DeliverPolicy = "all"
+    start_seq: int = 0
+    start_time_ms: int = 0
+    ack_wait_ms: int = 0  # 0 = default
+    max_deliver: int = 0  # 0 = default
+    deliver_group: str = ""
+    dead_letter_subject: str = ""
+
+    def validated(self) -> ConsumerConfig:
+        try:
+            validate_name("consumer", self.name)
+            if self.filter_subject:
+                validate_pattern(self.filter_subject)
+            if self.deliver_group:
+                validate_name("deliver group", self.deliver_group)
+        except SubjectError as exc:
+            raise InvalidConfig(str(exc)) from exc
+        if self.deliver_policy == "by_start_seq" and self.start_seq < 1:
+            raise InvalidConfig("DELIVERY_BY_START_SEQ needs start_seq >= 1")
+        if self.deliver_policy == "by_start_time" and self.start_time_ms <= 0:
+            raise InvalidConfig("DELIVERY_BY_START_TIME needs start_time_ms > 0")
+        return replace(
+            self,
+            ack_wait_ms=self.ack_wait_ms or DEFAULT_ACK_WAIT_MS,
+            max_deliver=self.max_deliver or DEFAULT_MAX_DELIVER,
+        )
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True)
+
+
+@dataclass(frozen=True)
+class ConsumerState:
+    config: ConsumerConfig
+    ack_floor: int
+    last_delivered: int
+    created_at_ms: int
+    redelivered_dropped: int
+    cursor: int  # highest seq examined; past last_delivered when later messages did not match
+
+
+@dataclass(frozen=True)
+class Delivery:
+    message: Message
+    deliver_count: int
+
+
+Republish = Callable[[PublishRequest], Awaitable[int]]
+
+
+class Consumers:
+    """The consumers of one stream. ``republish`` appends to the same stream (dead letters)."""
+
+    def __init__(self, store: StreamStore, republish: Republish) -> None:
+        self.store = store
+        self._republish = republish
+
+    # ---- lifecycle --------------------------------------------------------------------------
+
+    async def create(self, config: ConsumerConfig) -> ConsumerState:
+        config = config.validated()
+        if config.dead_letter_subject and not self.store.config.subject_filter.accepts(
+            config.dead_letter_subject
+        ):
+            raise InvalidConfig(
+                f"dead_letter_subject {config.dead_letter_subject!r} is not accepted by the stream's subjects"
+            )
+
+        async def create(txn: Txn) -> ConsumerState:
+            existing = await _load(txn, config.name)
+            if existing is not None:
+                if existing.config == config:
+                    return existing  # idempotent re-create with the same config
+                raise StreamExists(f"consumer {config.name!r} already exists with a different config")
+            cursor = await _start_cursor(txn, config, self.store)
+            created = now_ms()
+            await txn.execute(
+                "INSERT INTO consumers (name, config, ack_floor, last_delivered, cursor, created_at_ms) "
+                "VALUES (?, ?, ?, ?, ?, ?)",
+                (config.name, config.to_json(), cursor, cursor, cursor, created),
+            )
+            return ConsumerState(config, cursor, cursor, created, 0, cursor)
+
+        return await self.store.write(create)
+
+    async def delete(self, name: str) -> None:
+        async def delete(txn: Txn) -> None:
+            if await _load(txn, name) is None:
+                raise NoSuchConsumer(f"consumer {name!r} does not exist on stream {self.store.config.name!r}")
+            await txn.execute("DELETE FROM consumers WHERE name = ?", (name,))
+
+        await self.store.write(delete)
+
+    async def info(self, name: str) -> ConsumerState:
+        return await self.store.write(lambda txn: _require(txn, name, self.store))
+
+    async def all(self) -> list[ConsumerState]:
+        async def load_all(txn: Txn) -> list[ConsumerState]:
+            rows = await txn.fetchall("SELECT name FROM consumers ORDER BY name")
+            return [await _require(txn, str(r[0]), self.store) for r in rows]
+
+        return await self.store.write(load_all)
+
+    # ---- delivery ---------------------------------------------------------------------------
+
+    async def fetch(self, name: str, batch: int) -> list[Delivery]:
+        batch = max(1, min(batch, MAX_FETCH_BATCH))
+        dead: list[tuple[Message, int]] = []
+
+        async def fetch(txn: Txn) -> list[Delivery]:
+            state = await _require(txn, name, self.store)
+            config = state.config
+            now = now_ms()
+            deliveries: list[Delivery] = []
+            dropped = 0
+            due = await txn.fetchall(
+                "SELECT seq, deliver_count FROM pending WHERE consumer = ? AND eligible_at_ms <= ? "
+                "ORDER BY seq LIMIT ?",
+                (name, now, batch * 2),
+            )
+            for seq, count in due:
+                if len(deliveries) >= batch:
+                    break
+                found = await txn.messages("seq = ?", (seq,))
+                if not found or int(count) >= config.max_deliver:
+                    await txn.execute("DELETE FROM pending WHERE consumer = ? AND seq = ?", (name, seq))
+                    if found:
+                        dropped += 1
+                        dead.append((found[0], int(count)))
+                    continue
+                await txn.execute(
+                    "UPDATE pending SET deliver_count = deliver_count + 1, delivered_at_ms = ?, "
+                    "eligible_at_ms = ? WHERE consumer = ? AND seq = ?",
+                    (now, now + config.ack_wait_ms, name, seq),
+                )
+                deliveries.append(Delivery(found[0], int(count) + 1))
+            cursor = state.cursor
+            last_delivered = state.last_delivered
+            matcher = SubjectFilter([config.filter_subject] if config.filter_subject else [])
+            prefix = literal_prefix(config.filter_subject) if config.filter_subject else ""
+            while len(deliveries) < batch and cursor < self.store.last_seq:
+                if prefix:  # the subject index narrows the window to candidate subjects
+                    window = await txn.messages(
+                        "seq > ? AND seq <= ? AND subject >= ? AND subject < ? ORDER BY seq",
+                        (cursor, cursor + SCAN_WINDOW, prefix, prefix_end(prefix)),
+                    )
+                else:
+                    window = await txn.messages(
+                        "seq > ? AND seq <= ? ORDER BY seq", (cursor, cursor + SCAN_WINDOW)
+                    )
+                scanned_to = min(cursor + SCAN_WINDOW, self.store.last_seq)
+                for message in window:
+                    if not matcher.accepts(message.subject):
+                        continue
+                    deliveries.append(Delivery(message, 1))
+                    scanned_to = last_delivered = message.seq
+                    if len(deliveries) >= batch:
+                        break
+                cursor = scanned_to
+            fresh = [d for d in deliveries if d.deliver_count == 1]
+            if fresh:
+                await txn.executemany(
+                    "INSERT OR REPLACE INTO pending "
+                    "(consumer, seq, delivered_at_ms, deliver_count, eligible_at_ms) VALUES (?, ?, ?, 1, ?)",
+                    [(name, d.message.seq, now, now + config.ack_wait_ms) for d in fresh],
+                )
+            await txn.execute(
+                "UPDATE consumers SET cursor = ?, last_delivered = ?, "
+                "redelivered_dropped = redelivered_dropped + ? WHERE name = ?",
+                (cursor, last_delivered, dropped, name),
+            )
+            await _advance_floor(txn, name)
+            return deliveries
+
+        deliveries = await self.store.write(fetch)
+        await self._dead_letter(name, dead)
+        return deliveries
+
+    async def _dead_letter(self, consumer: str, dead: list[tuple[Message, int]]) -> None:
+        if not dead:
+            return
+        state = await self.info(consumer)
+        subject = state.config.dead_letter_subject
+        if not subject:
+            return
+        for message, count in dead:
+            headers = (
+                *message.headers,
+                ("x-waymaker-dlq-stream", self.store.config.name),
+                ("x-waymaker-dlq-consumer", consumer),
+                ("x-waymaker-dlq-seq", str(message.seq)),
+                ("x-waymaker-dlq-subject", message.subject),
+                ("x-waymaker-dlq-deliver-count", str(count)),
+            )
+            await self._republish(PublishRequest(subject=subject, payload=message.payload, headers=headers))
+
+    # ---- acknowledgements -------------------------------------------------------------------
+
+    async def ack(self, name: str, seq: int) -> bool:
+        """True if ``seq`` was pending; an ack for anything else changes nothing."""
+        work_queue = self.store.config.retention == "work_queue"
+
+        async def ack(txn: Txn) -> bool:
+            await _require(txn, name, self.store)
+            was_pending = await _take_pending(txn, name, seq)
+            if was_pending and work_queue:
+                await txn.remove([seq])
+            await _advance_floor(txn, name)
+            return was_pending
+
+        return await self.store.write(ack)
+
+    async def term(self, name: str, seq: int) -> bool:
+        async def term(txn: Txn) -> bool:
+            await _require(txn, name, self.store)
+            was_pending = await _take_pending(txn, name, seq)
+            await _advance_floor(txn, name)
+            return was_pending
+
+        return await self.store.write(term)
+
+    async def nak(self, name: str, seq: int, delay_ms: int) -> bool:
+        return await self._reschedule(name, seq, lambda now, _: now + delay_ms)
+
+    async def in_progress(self, name: str, seq: int) -> bool:
+        return await self._reschedule(name, seq, lambda now, ack_wait: now + ack_wait, touch=True)
+
+    async def _reschedule(
+        self, name: str, seq: int, eligible: Callable[[int, int], int], touch: bool = False
+    ) -> bool:
+        async def reschedule(txn: Txn) -> bool:
+            state = await _require(txn, name, self.store)
+            now = now_ms()
+            rows = await txn.fetchall("SELECT 1 FROM pending WHERE consumer = ? AND seq = ?", (name, seq))
+            if not rows:
+                return False
+            sql = "UPDATE pending SET eligible_at_ms = ?" + (", delivered_at_ms = ?" if touch else "")
+            params: tuple[object, ...] = (eligible(now, state.config.ack_wait_ms),) + (
+                (now,) if touch else ()
+            )
+            await txn.execute(sql + " WHERE consumer = ? AND seq = ?", (*params, name, seq))
+            return True
+
+        return await self.store.write(reschedule)
+
+    async def next_redelivery_ms(self, name: str) -> int | None:
+        """When the earliest pending message of ``name`` becomes eligible again (None: nothing pending)."""
+
+        async def earliest(txn: Txn) -> int | None:
+            rows = await txn.fetchall("SELECT min(eligible_at_ms) FROM pending WHERE consumer = ?", (name,))
+            return int(rows[0][0]) if rows and rows[0][0] is not None else None
+
+        return await self.store.write(earliest)
+
+    async def interest_prune(self) -> int:
+        """Interest retention: drop the blocks every consumer's ack floor has passed (all of
+        them when there are no consumers)."""
+        if self.store.config.retention != "interest":
+            return 0
+
+        async def prune(txn: Txn) -> int:
+            rows = await txn.fetchall("SELECT min(ack_floor), count(*) FROM consumers")
+            floor, count = rows[0]
+            limit = self.store.last_seq if not count else int(floor)
+            return await txn.drop_blocks_through(limit)
+
+        return await self.store.write(prune)
+
+
+async def _load(txn: Txn, name: str) -> ConsumerState | None:
+    rows = await txn.fetchall(
+        "SELECT config, ack_floor, last_delivered, cursor, created_at_ms, redelivered_dropped "
+        "FROM consumers WHERE name = ?",
+        (name,),
+    )
+    if not rows:
+        return None
+    config, floor, delivered, cursor, created, dropped = rows[0]
+    return ConsumerState(
+        ConsumerConfig(**json.loads(str(config))),
+        int(floor),
+        int(delivered),
+        int(created),
+        int(dropped),
+        int(cursor),
+    )
+
+
+async def _require(txn: Txn, name: str, store: StreamStore) -> ConsumerState:
+    state = await _load(txn, name)
+    if state is None:
+        raise NoSuchConsumer(f"consumer {name!r} does not exist on stream {store.config.name!r}")
+    return state
+
+
+async def _take_pending(txn: Txn, name: str, seq: int) -> bool:
+    rows = await txn.fetchall("SELECT 1 FROM pending WHERE consumer = ? AND seq = ?", (name, seq))
+    if rows:
+        await txn.execute("DELETE FROM pending WHERE consumer = ? AND seq = ?", (name, seq))
+    return bool(rows)
+
+
+async def _advance_floor(txn: Txn, name: str) -> None:
+    """ack_floor = just below the oldest pending seq, or the cursor when nothing is pending."""
+    await txn.execute(
+        "UPDATE consumers SET ack_floor = coalesce("
+        "(SELECT min(seq) - 1 FROM pending WHERE consumer = ?), last_delivered) WHERE name = ?",
+        (name, name),
+    )
+
+
+async def _start_cursor(txn: Txn, config: ConsumerConfig, store: StreamStore) -> int:
+    """The delivery cursor (last seq considered delivered) for a new consumer."""
+    if config.deliver_policy == "by_start_seq":
+        return config.start_seq - 1
+    if config.deliver_policy == "by_start_time":
+        rows = await txn.fetchall("SELECT min(seq) FROM messages WHERE ts_ms >= ?", (config.start_time_ms,))
+        first = rows[0][0]
+        return (int(first) - 1) if first is not None else store.last_seq
+    if config.deliver_policy == "last":
+        if not config.filter_subject:
+            return max(store.last_seq - 1, 0)
+        matcher = SubjectFilter([config.filter_subject])
+        prefix = literal_prefix(config.filter_subject)
+        rows = await txn.fetchall(
+            "SELECT seq, subject FROM messages WHERE subject >= ? AND subject < ? ORDER BY seq DESC",
+            (prefix, prefix_end(prefix)) if prefix else ("", "\U0010ffff"),
+        )
+        for seq, subject in rows:
+            if matcher.accepts(str(subject)):
+                return int(seq) - 1
+        return store.last_seq
+    return 0

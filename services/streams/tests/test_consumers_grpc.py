@@ -255,3 +255,37 @@ async def test_consumer_state_survives_restart(tmp_path: Path) -> None:
         state = await info(c)
         assert (state.ack_floor, state.last_delivered) == (1, 3)
         assert [m.seq for m in await fetch(c, 10)] == [4]  # 2 and 3 stay pending until ack_wait
+
+
+async def test_single_subscriber_unless_deliver_group(client: StreamsClient) -> None:
+    await stream(client)
+    for i in range(20):
+        await publish(client, "a", str(i).encode())
+    await consumer(client, name="solo")
+    await consumer(client, name="shared", deliver_group="workers")
+
+    async def first_event(name: str) -> tuple[pb.SubscribeEvent, object]:
+        call = client.streams.Subscribe(pb.SubscribeRequest(stream="s", consumer=name, batch_size=1))
+        return await call.read(), call
+
+    _, solo_call = await first_event("solo")
+    second, _ = await first_event("solo")
+    assert second.WhichOneof("event") == "stopped" and "busy" in second.stopped.reason
+    solo_call.cancel()
+
+    got: dict[int, list[bytes]] = {0: [], 1: []}
+
+    async def member(index: int) -> None:
+        call = client.streams.Subscribe(pb.SubscribeRequest(stream="s", consumer="shared", batch_size=1))
+        async for event in call:
+            got[index].append(event.message.payload)
+            await client.streams.Ack(pb.AckRequest(stream="s", consumer="shared", seq=event.message.seq))
+            if len(got[0]) + len(got[1]) >= 20:
+                return
+
+    members = [asyncio.create_task(member(i)) for i in (0, 1)]
+    _, pending = await asyncio.wait(members, timeout=10, return_when=asyncio.FIRST_COMPLETED)
+    for task in pending:
+        task.cancel()
+    delivered = got[0] + got[1]
+    assert sorted(delivered, key=int) == [str(i).encode() for i in range(20)]  # each message once

@@ -15,12 +15,14 @@ eligible for redelivery). Every operation is one transaction, serialised with pu
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import asdict, dataclass, replace
 from typing import Literal
 
-from lakestack_streams.errors import InvalidConfig, NoSuchConsumer, StreamExists
+from lakestack_streams.errors import Busy, InvalidConfig, NoSuchConsumer, StreamExists
 from lakestack_streams.model import Message, PublishRequest
 from lakestack_streams.store import StreamStore, Txn, now_ms, prefix_end
 from lakestack_streams.subjects import (
@@ -36,6 +38,9 @@ DEFAULT_ACK_WAIT_MS = 30_000
 DEFAULT_MAX_DELIVER = 5
 MAX_FETCH_BATCH = 10_000
 SCAN_WINDOW = 1_000
+# Upper bound on one idle wait of a push subscriber: appends and due redeliveries wake it
+# earlier; this only bounds how long a deleted consumer goes unnoticed by an idle subscriber.
+IDLE_RECHECK_S = 2.0
 
 
 @dataclass(frozen=True)
@@ -98,6 +103,20 @@ class Consumers:
     def __init__(self, store: StreamStore, republish: Republish) -> None:
         self.store = store
         self._republish = republish
+        self._subscribers: dict[str, int] = {}
+
+    @contextlib.asynccontextmanager
+    async def subscription(self, name: str) -> AsyncIterator[ConsumerState]:
+        """Bind a push subscriber. Without a deliver_group a consumer takes one subscriber at a
+        time; with one, any number share it and each message goes to one of them."""
+        state = await self.info(name)
+        if self._subscribers.get(name) and not state.config.deliver_group:
+            raise Busy(f"consumer {name!r} already has a subscriber; give it a deliver_group to share it")
+        self._subscribers[name] = self._subscribers.get(name, 0) + 1
+        try:
+            yield state
+        finally:
+            self._subscribers[name] -= 1
 
     # ---- lifecycle --------------------------------------------------------------------------
 
@@ -237,6 +256,27 @@ class Consumers:
                 ("x-waymaker-dlq-deliver-count", str(count)),
             )
             await self._republish(PublishRequest(subject=subject, payload=message.payload, headers=headers))
+
+    async def push(self, name: str, batch: int, stop_when_empty: bool) -> AsyncIterator[Delivery]:
+        """Deliveries for a push subscriber, as they become available: fetch, and when caught up
+        wait for the next append (or the next redelivery falling due) instead of polling. Ends
+        when the backlog is drained (``stop_when_empty``) or the stream is closed; raises
+        NoSuchConsumer once the consumer is deleted and Busy if it is bound elsewhere."""
+        async with self.subscription(name):
+            while not self.store.closed:
+                deliveries = await self.fetch(name, batch)
+                for delivery in deliveries:
+                    yield delivery
+                if deliveries:
+                    continue
+                if stop_when_empty:
+                    return
+                caught_up = self.store.last_seq
+                due = await self.next_redelivery_ms(name)
+                wait_s = IDLE_RECHECK_S if due is None else min(max(due - now_ms(), 0) / 1000, IDLE_RECHECK_S)
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(wait_s):
+                        await self.store.wait_for_append(caught_up)
 
     # ---- acknowledgements -------------------------------------------------------------------
 

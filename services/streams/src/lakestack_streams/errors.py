@@ -57,3 +57,9 @@ class WrongRevision(StreamsError, Conflict):
 
     def response_fields(self) -> dict[str, object]:
         return {"seq": self.current}
+
+
+class Busy(StreamsError, Conflict):
+    """The resource is bound to someone else (a consumer's single push subscriber)."""
+
+    result_code = "busy"

@@ -7,8 +7,6 @@ and answer UNIMPLEMENTED (through the generated base servicer and the shared cal
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import functools
 import logging
 import uuid
@@ -25,7 +23,6 @@ from lakestack_streams import wire
 from lakestack_streams.errors import StreamsError
 from lakestack_streams.model import PublishRequest
 from lakestack_streams.registry import MUTABLE_FIELDS, StreamRegistry
-from lakestack_streams.store import now_ms
 
 log = logging.getLogger("lakestack.streams")
 
@@ -34,9 +31,6 @@ Handler = Callable[[Any, Any, Any], Awaitable[R]]
 
 SUBSCRIBE_DEFAULT_BATCH = 16
 SUBSCRIBE_MAX_BATCH = 1024
-# Upper bound on one idle wait of a Subscribe: appends and due redeliveries wake it earlier; this
-# only bounds how long a deleted consumer goes unnoticed by an idle subscriber.
-SUBSCRIBE_RECHECK_S = 2.0
 SCAN_DEFAULT_LIMIT = 1000
 SCAN_MAX_LIMIT = 10_000
 MAX_SUBJECTS = 100_000
@@ -220,36 +214,15 @@ class StreamsHandlers(waymaker_streams_pb2_grpc.WaymakerStreamsServiceServicer):
         )
 
     async def Subscribe(self, request: pb.SubscribeRequest, context: Any) -> AsyncIterator[pb.SubscribeEvent]:
-        """Push delivery: fetch, stream, and when caught up wait for the next append (or the next
-        redelivery becoming due) instead of polling."""
         batch = min(request.batch_size or SUBSCRIBE_DEFAULT_BATCH, SUBSCRIBE_MAX_BATCH)
         try:
-            store = self.registry.get(request.stream)
             consumers = self.registry.consumers(request.stream)
-            while True:
-                deliveries = await consumers.fetch(request.consumer, batch)
-                for delivery in deliveries:
-                    yield pb.SubscribeEvent(message=wire.message_pb(delivery.message, delivery.deliver_count))
-                if deliveries:
-                    continue
-                if request.stop_when_empty:
-                    yield pb.SubscribeEvent(stopped=pb.SubscribeStopped(reason="empty: backlog drained"))
-                    return
-                caught_up = store.last_seq
-                due = await consumers.next_redelivery_ms(request.consumer)
-                wait_s = (
-                    SUBSCRIBE_RECHECK_S
-                    if due is None
-                    else min(max(due - now_ms(), 0) / 1000, SUBSCRIBE_RECHECK_S)
-                )
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(wait_s):
-                        await store.wait_for_append(caught_up)
-                if store.closed:
-                    yield pb.SubscribeEvent(stopped=pb.SubscribeStopped(reason="stream deleted"))
-                    return
-        except StreamsError as exc:  # consumer or stream deleted, or never existed
-            yield pb.SubscribeEvent(stopped=pb.SubscribeStopped(reason=f"{exc.result_code}: {exc.message}"))
+            async for delivery in consumers.push(request.consumer, batch, request.stop_when_empty):
+                yield pb.SubscribeEvent(message=wire.message_pb(delivery.message, delivery.deliver_count))
+            reason = "empty: backlog drained" if request.stop_when_empty else "stream deleted"
+        except StreamsError as exc:  # consumer or stream deleted, never existed, or busy
+            reason = f"{exc.result_code}: {exc.message}"
+        yield pb.SubscribeEvent(stopped=pb.SubscribeStopped(reason=reason))
 
 
 def _not_pending(seq: int, pending: bool) -> str:

@@ -286,8 +286,7 @@ class StreamStore:
             while self._queue:
                 batch, self._queue = self._queue[:MAX_BATCH], self._queue[MAX_BATCH:]
                 try:
-                    async with self._lock:
-                        await self._commit(batch)
+                    await self._commit(batch)
                 except Exception as exc:  # one failed batch must not stop the writer
                     log.exception("stream %s: commit failed", self._config.name)
                     for _, future in batch:
@@ -297,46 +296,45 @@ class StreamStore:
                 return
 
     async def _commit(self, batch: list[tuple[PublishRequest, asyncio.Future[int]]]) -> None:
-        wall = now_ms()
-        next_seq = self._last_seq
-        latest_in_batch: dict[str, int] = {}
-        rows: list[tuple[int, str, int, str | None, bytes, int]] = []
         accepted: list[tuple[asyncio.Future[int], int]] = []
-        for request, future in batch:
-            if future.done():  # the publisher went away before commit: not acknowledged, not stored
-                continue
-            if request.expected_last_seq is not None:
-                current = latest_in_batch.get(request.subject)
-                if current is None:
-                    current = await self._last_seq_at(self._db, request.subject)
-                if current != request.expected_last_seq:
-                    future.set_exception(WrongRevision(request.subject, request.expected_last_seq, current))
-                    continue
-            next_seq += 1
-            latest_in_batch[request.subject] = next_seq
-            size = message_size(request.subject, request.headers, request.payload)
-            ts = request.ts_ms or wall
-            rows.append(
-                (next_seq, request.subject, ts, _headers_json(request.headers), request.payload, size)
-            )
-            accepted.append((future, next_seq))
-        if not rows:
-            return
-        added: dict[int, Block] = defaultdict(lambda: Block(0, 0, 0))
-        for seq, _, ts, _, _, size in rows:
-            block = added[self.block_of(seq)]
-            block.msgs += 1
-            block.bytes += size
-            block.max_ts = max(block.max_ts, ts)
 
         async def write() -> None:
+            # Seqs and compare-and-set checks are decided inside the transaction, under the lock.
+            wall = now_ms()
+            next_seq = self._last_seq
+            latest_in_batch: dict[str, int] = {}
+            rows: list[tuple[int, str, int, str | None, bytes, int]] = []
+            for request, future in batch:
+                if future.done():  # the publisher went away before commit: not acknowledged, not stored
+                    continue
+                if request.expected_last_seq is not None:
+                    current = latest_in_batch.get(request.subject)
+                    if current is None:
+                        current = await self._last_seq_at(self._db, request.subject)
+                    if current != request.expected_last_seq:
+                        future.set_exception(
+                            WrongRevision(request.subject, request.expected_last_seq, current)
+                        )
+                        continue
+                next_seq += 1
+                latest_in_batch[request.subject] = next_seq
+                size = message_size(request.subject, request.headers, request.payload)
+                headers = _headers_json(request.headers)
+                rows.append(
+                    (next_seq, request.subject, request.ts_ms or wall, headers, request.payload, size)
+                )
+                accepted.append((future, next_seq))
+            if not rows:
+                return
+            added: dict[int, Block] = defaultdict(lambda: Block(0, 0, 0))
+            for seq, _, ts, _, _, size in rows:
+                block = added[self.block_of(seq)]
+                block.msgs += 1
+                block.bytes += size
+                block.max_ts = max(block.max_ts, ts)
+            await self._db.executemany(INSERT_MESSAGES, rows)
             await self._db.executemany(
-                INSERT_MESSAGES,
-                rows,
-            )
-            await self._db.executemany(
-                ADD_TO_BLOCKS,
-                [(b, blk.msgs, blk.bytes, blk.max_ts) for b, blk in added.items()],
+                ADD_TO_BLOCKS, [(b, k.msgs, k.bytes, k.max_ts) for b, k in added.items()]
             )
             await self._db.execute(
                 "INSERT INTO meta (key, value) VALUES ('last_seq', ?) "
@@ -359,6 +357,8 @@ class StreamStore:
                 await self._enforce_limits(wall)
 
         await self._transaction(write)
+        if not accepted:
+            return
         self.commits += 1
         for future, seq in accepted:
             if not future.done():
@@ -367,17 +367,25 @@ class StreamStore:
             self._appended.notify_all()
 
     async def _transaction(self, body: Callable[[], Awaitable[T]]) -> T:
-        """Run ``body`` in one IMMEDIATE transaction on the writer connection. On failure the
+        """Run ``body`` in one IMMEDIATE transaction on the writer connection, one at a time.
+
+        The transaction runs in its own task, shielded: a caller that is cancelled (a client
+        going away) cannot leave it half-open; it still commits or rolls back. On failure the
         in-memory mirror is reloaded from disk, since ``body`` may have changed it."""
-        await self._db.execute("BEGIN IMMEDIATE")
-        try:
-            result = await body()
-            await self._db.execute("COMMIT")
-            return result
-        except BaseException:
-            await self._db.execute("ROLLBACK")
-            await self._load_state()
-            raise
+
+        async def run() -> T:
+            async with self._lock:
+                await self._db.execute("BEGIN IMMEDIATE")
+                try:
+                    result = await body()
+                    await self._db.execute("COMMIT")
+                    return result
+                except BaseException:
+                    await self._db.execute("ROLLBACK")
+                    await self._load_state()
+                    raise
+
+        return await asyncio.shield(asyncio.ensure_future(run()))
 
     # ---- removal (inside a transaction) -----------------------------------------------------
 
@@ -488,8 +496,7 @@ class StreamStore:
         """Run ``body`` in one transaction, serialised with publishes (consumer state changes)."""
         if self._closed:
             raise StoreClosed(f"stream {self._config.name!r} is closed")
-        async with self._lock:
-            return await self._transaction(lambda: body(Txn(self)))
+        return await self._transaction(lambda: body(Txn(self)))
 
     async def prune(self, now: int | None = None) -> int:
         """Apply the retention bounds now (the background sweep and UpdateStream call this)."""
@@ -498,55 +505,51 @@ class StreamStore:
         c = self._config
         if not (c.max_age_ms or c.max_msgs or c.max_bytes):
             return 0
-        async with self._lock:
-            return await self._transaction(lambda: self._enforce_limits(now or now_ms()))
+        return await self._transaction(lambda: self._enforce_limits(now or now_ms()))
 
     async def update_config(self, config: StreamConfig) -> int:
         """Persist a new config (mutable fields only are the caller's concern); returns pruned."""
-        async with self._lock:
+        previous = self._config
 
-            async def write() -> None:
-                await self._db.execute("UPDATE meta SET value = ? WHERE key = 'config'", (config.to_json(),))
-                self._config = config
+        async def write() -> None:
+            await self._db.execute("UPDATE meta SET value = ? WHERE key = 'config'", (config.to_json(),))
+            self._config = config
 
-            previous = self._config
-            try:
-                await self._transaction(write)
-            except BaseException:
-                self._config = previous
-                raise
+        try:
+            await self._transaction(write)
+        except BaseException:
+            self._config = previous
+            raise
         return await self.prune()
 
     async def delete_message(self, seq: int) -> bool:
         """Remove one message (WorkQueue ack); False if it is not there."""
-        async with self._lock:
 
-            async def remove() -> int:
-                async with self._db.execute("SELECT size FROM messages WHERE seq = ?", (seq,)) as cursor:
-                    row = await cursor.fetchone()
-                return 0 if row is None else await self._delete_rows([(seq, int(row[0]))])
+        async def remove() -> int:
+            async with self._db.execute("SELECT size FROM messages WHERE seq = ?", (seq,)) as cursor:
+                row = await cursor.fetchone()
+            return 0 if row is None else await self._delete_rows([(seq, int(row[0]))])
 
-            return bool(await self._transaction(remove))
+        return bool(await self._transaction(remove))
 
     async def delete_below(self, first_seq: int) -> int:
-        """Remove every message with seq < first_seq (Interest retention, truncation)."""
-        async with self._lock:
+        """Remove every message with seq < first_seq (truncation): whole blocks where possible."""
 
-            async def remove() -> int:
-                removed = 0
-                for block in sorted(self._blocks):
-                    if block * self._config.block_size < first_seq:
-                        removed += await self._drop_block(block)
-                        continue
-                    async with self._db.execute(
-                        "SELECT seq, size FROM messages WHERE seq < ? ORDER BY seq", (first_seq,)
-                    ) as cursor:
-                        victims = [(int(r[0]), int(r[1])) for r in await cursor.fetchall()]
-                    removed += await self._delete_rows(victims)
-                    break
-                return removed
+        async def remove() -> int:
+            removed = 0
+            for block in sorted(self._blocks):
+                if block * self._config.block_size < first_seq:
+                    removed += await self._drop_block(block)
+                    continue
+                async with self._db.execute(
+                    "SELECT seq, size FROM messages WHERE seq < ? ORDER BY seq", (first_seq,)
+                ) as cursor:
+                    victims = [(int(r[0]), int(r[1])) for r in await cursor.fetchall()]
+                removed += await self._delete_rows(victims)
+                break
+            return removed
 
-            return await self._transaction(remove)
+        return await self._transaction(remove)
 
     # ---- reads (committed data only) --------------------------------------------------------
 

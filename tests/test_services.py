@@ -53,7 +53,7 @@ BUILT: dict[str, set[str]] = {
         "CreateStream", "DeleteStream", "GetStreamInfo", "ListStreams", "UpdateStream", "Publish",
         "ReadLatestAtSubject", "ListSubjectsByPrefix", "ScanExactAtSubject",
         "CreateConsumer", "DeleteConsumer", "ListConsumers", "GetConsumerInfo",
-        "Fetch", "Ack", "Nak", "Term", "InProgress", "Subscribe",
+        "Fetch", "Ack", "Nak", "Term", "InProgress", "Subscribe", "WatchStreams",
     },
 }  # fmt: skip
 

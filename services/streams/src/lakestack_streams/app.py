@@ -35,7 +35,7 @@ class StreamsService(Service):
                 waymaker_streams_pb2,
                 waymaker_streams_pb2_grpc,
                 "WaymakerStreamsService",
-                StreamsHandlers(self.registry),  # type: ignore[abstract]  # unbuilt RPCs: UNIMPLEMENTED
+                StreamsHandlers(self.registry, self.settings.node_id),  # type: ignore[abstract]  # unbuilt RPCs: UNIMPLEMENTED
             ),
             Servicer.of(kv_pb2, kv_pb2_grpc, "WaymakerKvService", KvHandlers()),  # type: ignore[abstract]  # unbuilt RPCs: UNIMPLEMENTED
             Servicer.of(

@@ -100,9 +100,15 @@ Republish = Callable[[PublishRequest], Awaitable[int]]
 class Consumers:
     """The consumers of one stream. ``republish`` appends to the same stream (dead letters)."""
 
-    def __init__(self, store: StreamStore, republish: Republish) -> None:
+    def __init__(
+        self,
+        store: StreamStore,
+        republish: Republish,
+        on_change: Callable[[bool, str], None] = lambda c, n: None,
+    ) -> None:
         self.store = store
         self._republish = republish
+        self._on_change = on_change  # (created, consumer name)
         self._subscribers: dict[str, int] = {}
 
     @contextlib.asynccontextmanager
@@ -144,7 +150,9 @@ class Consumers:
             )
             return ConsumerState(config, cursor, cursor, created, 0, cursor)
 
-        return await self.store.write(create)
+        state = await self.store.write(create)
+        self._on_change(True, config.name)
+        return state
 
     async def delete(self, name: str) -> None:
         async def delete(txn: Txn) -> None:
@@ -153,6 +161,7 @@ class Consumers:
             await txn.execute("DELETE FROM consumers WHERE name = ?", (name,))
 
         await self.store.write(delete)
+        self._on_change(False, name)
 
     async def info(self, name: str) -> ConsumerState:
         return await self.store.write(lambda txn: _require(txn, name, self.store))

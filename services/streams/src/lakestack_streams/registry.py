@@ -12,6 +12,7 @@ from typing import Any
 
 from lakestack_streams.consumers import Consumers
 from lakestack_streams.errors import InvalidConfig, NoSuchStream, Oversize, StreamExists, SubjectRejected
+from lakestack_streams.events import EventHub
 from lakestack_streams.model import PublishRequest, StreamConfig
 from lakestack_streams.store import StreamStore
 from lakestack_streams.subjects import SubjectError, SubjectFilter, validate_subject
@@ -23,7 +24,8 @@ MUTABLE_FIELDS = ("max_age_ms", "max_msgs", "max_bytes", "max_msg_bytes", "stric
 
 
 class StreamRegistry:
-    def __init__(self, data_dir: Path, sweep_interval_s: float = 5.0) -> None:
+    def __init__(self, data_dir: Path, sweep_interval_s: float = 5.0, events: EventHub | None = None) -> None:
+        self.events = events or EventHub()
         self.directory = data_dir / "streams"
         self.sweep_interval_s = sweep_interval_s
         self._streams: dict[str, StreamStore] = {}
@@ -59,7 +61,13 @@ class StreamRegistry:
         name = store.config.name
         self._streams[name] = store
         self._filters[name] = store.config.subject_filter
-        self._consumers[name] = Consumers(store, lambda request: self.publish(name, request))
+        self._consumers[name] = Consumers(
+            store,
+            lambda request: self.publish(name, request),
+            lambda created, consumer: self.events.emit(
+                "consumer_created" if created else "consumer_deleted", name, consumer
+            ),
+        )
 
     # ---- lookup -----------------------------------------------------------------------------
 
@@ -90,6 +98,7 @@ class StreamRegistry:
                 _remove_files(path)  # leftovers of a stream deleted mid-way
             store = await StreamStore.open(path, config)
             self._add(store)
+        self.events.emit("stream_created", config.name)
         log.info("created stream %s", config.name, extra={"ephemeral": config.ephemeral})
         return store
 
@@ -103,6 +112,7 @@ class StreamRegistry:
             await store.close()
             if store.path is not None:
                 _remove_files(store.path)
+        self.events.emit("stream_deleted", name)
         log.info("deleted stream %s", name)
 
     async def update(self, name: str, changes: dict[str, Any]) -> tuple[StreamConfig, int]:
@@ -113,6 +123,7 @@ class StreamRegistry:
         store = self.get(name)
         config = replace(store.config, **changes).validated()
         pruned = await store.update_config(config)
+        self.events.emit("stream_updated", name)
         return config, pruned
 
     # ---- publish ----------------------------------------------------------------------------

@@ -61,8 +61,9 @@ def answers(response_type: type[R]) -> Callable[[Handler[R]], Handler[R]]:
 
 
 class StreamsHandlers(waymaker_streams_pb2_grpc.WaymakerStreamsServiceServicer):
-    def __init__(self, registry: StreamRegistry) -> None:
+    def __init__(self, registry: StreamRegistry, node_id: int = 1) -> None:
         self.registry = registry
+        self.node_id = node_id
 
     # ---- stream lifecycle -------------------------------------------------------------------
 
@@ -223,6 +224,13 @@ class StreamsHandlers(waymaker_streams_pb2_grpc.WaymakerStreamsServiceServicer):
         except StreamsError as exc:  # consumer or stream deleted, never existed, or busy
             reason = f"{exc.result_code}: {exc.message}"
         yield pb.SubscribeEvent(stopped=pb.SubscribeStopped(reason=reason))
+
+    async def WatchStreams(
+        self, request: pb.WatchStreamsRequest, context: Any
+    ) -> AsyncIterator[pb.WatchEvent]:
+        async with self.registry.events.watch() as events:
+            async for event in events:
+                yield wire.watch_event_pb(event, self.node_id)
 
 
 def _not_pending(seq: int, pending: bool) -> str:

@@ -9,3 +9,5 @@ class StreamsSettings(ServiceSettings):
 
     # Seconds between background retention sweeps (max_age and any bound lowered while idle).
     retention_sweep_interval_s: float = 5.0
+    # This node's id in events and (later) cluster membership.
+    node_id: int = 1

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from lakestack_protos.waymaker.streams import waymaker_streams_pb2 as pb
 from lakestack_streams.consumers import ConsumerConfig, ConsumerState
+from lakestack_streams.events import TopologyEvent
 from lakestack_streams.model import Message, SourceConfig, StreamConfig, StreamStats
 
 DELIVER_POLICIES = {
@@ -145,3 +146,23 @@ def consumer_state_pb(state: ConsumerState) -> pb.ConsumerStatePb:
         created_at_ms=state.created_at_ms,
         redelivered_dropped=state.redelivered_dropped,
     )
+
+
+WATCH_TYPES = {
+    "stream_created": pb.WATCH_STREAM_CREATED,
+    "stream_deleted": pb.WATCH_STREAM_DELETED,
+    "stream_updated": pb.WATCH_STREAM_UPDATED,
+    "consumer_created": pb.WATCH_CONSUMER_CREATED,
+    "consumer_deleted": pb.WATCH_CONSUMER_DELETED,
+}
+
+
+def watch_event_pb(event: TopologyEvent, node_id: int) -> pb.WatchEvent:
+    message = pb.WatchEvent(
+        type=WATCH_TYPES[event.type], ts_ms=event.ts_ms, node_id=node_id, lagged_count=event.lagged
+    )
+    if event.consumer:
+        message.consumer.CopyFrom(pb.ConsumerWatchDetail(stream=event.stream, consumer=event.consumer))
+    else:
+        message.stream.CopyFrom(pb.StreamWatchDetail(name=event.stream))
+    return message

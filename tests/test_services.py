@@ -55,6 +55,10 @@ BUILT: dict[str, set[str]] = {
         "CreateConsumer", "DeleteConsumer", "ListConsumers", "GetConsumerInfo",
         "Fetch", "Ack", "Nak", "Term", "InProgress", "Subscribe", "WatchStreams",
     },
+    "waymaker.streams.WaymakerKvService": {
+        "KvCreateBucket", "KvDeleteBucket", "KvPut", "KvCreate", "KvUpdate", "KvGet", "KvDelete",
+        "KvKeys", "KvHistory", "KvTouch", "KvWatch",
+    },
 }  # fmt: skip
 
 SERVICES = {info.name: info for info in topology.SERVICES}

@@ -10,6 +10,7 @@ from lakestack_protos.waymaker.streams import (
     waymaker_streams_pb2,
     waymaker_streams_pb2_grpc,
 )
+from lakestack_streams.kv import KeyValue
 from lakestack_streams.registry import StreamRegistry
 from lakestack_streams.server import CollectionsHandlers, KvHandlers, StreamsHandlers
 from lakestack_streams.settings import StreamsSettings
@@ -22,6 +23,7 @@ class StreamsService(Service):
     def __init__(self, settings: StreamsSettings) -> None:
         super().__init__(settings)
         self.registry = StreamRegistry(settings.data_dir, settings.retention_sweep_interval_s)
+        self.kv = KeyValue(self.registry)
 
     async def start(self) -> None:
         await self.registry.open()
@@ -37,7 +39,7 @@ class StreamsService(Service):
                 "WaymakerStreamsService",
                 StreamsHandlers(self.registry, self.settings.node_id),  # type: ignore[abstract]  # unbuilt RPCs: UNIMPLEMENTED
             ),
-            Servicer.of(kv_pb2, kv_pb2_grpc, "WaymakerKvService", KvHandlers()),  # type: ignore[abstract]  # unbuilt RPCs: UNIMPLEMENTED
+            Servicer.of(kv_pb2, kv_pb2_grpc, "WaymakerKvService", KvHandlers(self.kv)),
             Servicer.of(
                 collections_pb2,
                 collections_pb2_grpc,

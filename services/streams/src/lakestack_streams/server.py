@@ -13,6 +13,7 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
 
+from lakestack_common.errors import NotFound
 from lakestack_protos.waymaker.streams import (
     collections_pb2_grpc,
     kv_pb2_grpc,
@@ -21,6 +22,7 @@ from lakestack_protos.waymaker.streams import (
 from lakestack_protos.waymaker.streams import waymaker_streams_pb2 as pb
 from lakestack_streams import wire
 from lakestack_streams.errors import StreamsError
+from lakestack_streams.kv import KeyValue, NoSuchBucket
 from lakestack_streams.model import PublishRequest
 from lakestack_streams.registry import MUTABLE_FIELDS, StreamRegistry
 
@@ -36,8 +38,9 @@ SCAN_MAX_LIMIT = 10_000
 MAX_SUBJECTS = 100_000
 
 
-def answers(response_type: type[R]) -> Callable[[Handler[R]], Handler[R]]:
-    """Turn domain errors raised by a handler into ``response_type(success=False, ...)``."""
+def answers(response_type: type[R], **aliases: str) -> Callable[[Handler[R]], Handler[R]]:
+    """Turn domain errors raised by a handler into ``response_type(success=False, ...)``;
+    ``aliases`` rename an error's extra fields (``seq="revision"`` for KV responses)."""
 
     def decorate(handler: Handler[R]) -> Handler[R]:
         @functools.wraps(handler)
@@ -45,8 +48,9 @@ def answers(response_type: type[R]) -> Callable[[Handler[R]], Handler[R]]:
             try:
                 return await handler(self, request, context)
             except StreamsError as exc:
+                extra = {aliases.get(k, k): v for k, v in exc.response_fields().items()}
                 return response_type(  # type: ignore[call-arg]
-                    success=False, result_code=exc.result_code, message=exc.message, **exc.response_fields()
+                    success=False, result_code=exc.result_code, message=exc.message, **extra
                 )
             except Exception:
                 ref = uuid.uuid4().hex[:12]
@@ -241,7 +245,103 @@ def _not_pending(seq: int, pending: bool) -> str:
 
 
 class KvHandlers(kv_pb2_grpc.WaymakerKvServiceServicer):
-    pass
+    def __init__(self, kv: KeyValue) -> None:
+        self.kv = kv
+
+    @answers(pb.KvCreateBucketResponse)
+    async def KvCreateBucket(
+        self, request: pb.KvCreateBucketRequest, context: Any
+    ) -> pb.KvCreateBucketResponse:
+        await self.kv.create_bucket(
+            request.bucket,
+            max_bytes=request.max_bytes,
+            max_value_size=request.max_value_size,
+            max_age_ms=request.max_age_ms,
+            ephemeral=request.ephemeral,
+        )
+        return pb.KvCreateBucketResponse(success=True, result_code="ok")
+
+    @answers(pb.KvDeleteBucketResponse)
+    async def KvDeleteBucket(
+        self, request: pb.KvDeleteBucketRequest, context: Any
+    ) -> pb.KvDeleteBucketResponse:
+        await self.kv.delete_bucket(request.bucket)
+        return pb.KvDeleteBucketResponse(success=True, result_code="ok")
+
+    @answers(pb.KvPutResponse, seq="revision")
+    async def KvPut(self, request: pb.KvPutRequest, context: Any) -> pb.KvPutResponse:
+        revision = await self.kv.put(request.bucket, request.key, request.value, request.ttl_ms)
+        return pb.KvPutResponse(success=True, result_code="ok", revision=revision)
+
+    @answers(pb.KvPutResponse, seq="revision")
+    async def KvCreate(self, request: pb.KvCreateRequest, context: Any) -> pb.KvPutResponse:
+        revision = await self.kv.create(request.bucket, request.key, request.value, request.ttl_ms)
+        return pb.KvPutResponse(success=True, result_code="ok", revision=revision)
+
+    @answers(pb.KvPutResponse, seq="revision")
+    async def KvUpdate(self, request: pb.KvUpdateRequest, context: Any) -> pb.KvPutResponse:
+        revision = await self.kv.update(
+            request.bucket, request.key, request.value, request.expected_revision, request.ttl_ms
+        )
+        return pb.KvPutResponse(success=True, result_code="ok", revision=revision)
+
+    @answers(pb.KvPutResponse, seq="revision")
+    async def KvTouch(self, request: pb.KvTouchRequest, context: Any) -> pb.KvPutResponse:
+        revision = await self.kv.touch(request.bucket, request.key, request.ttl_ms)
+        return pb.KvPutResponse(success=True, result_code="ok", revision=revision)
+
+    @answers(pb.KvGetResponse)
+    async def KvGet(self, request: pb.KvGetRequest, context: Any) -> pb.KvGetResponse:
+        entry = await self.kv.get(request.bucket, request.key)
+        response = pb.KvGetResponse(success=True, result_code="ok")
+        if entry is not None:
+            response.entry.CopyFrom(pb.KvEntry(value=entry.value, revision=entry.revision, ts_ms=entry.ts_ms))
+        return response
+
+    @answers(pb.KvDeleteResponse, seq="revision")
+    async def KvDelete(self, request: pb.KvDeleteRequest, context: Any) -> pb.KvDeleteResponse:
+        revision = await self.kv.delete(request.bucket, request.key)
+        return pb.KvDeleteResponse(success=True, result_code="ok", revision=revision)
+
+    @answers(pb.KvKeysResponse)
+    async def KvKeys(self, request: pb.KvKeysRequest, context: Any) -> pb.KvKeysResponse:
+        entries = await self.kv.keys(request.bucket)
+        return pb.KvKeysResponse(
+            success=True,
+            result_code="ok",
+            entries=[pb.KvKeyEntry(key=e.key, revision=e.revision, deleted=e.deleted) for e in entries],
+        )
+
+    @answers(pb.KvHistoryResponse)
+    async def KvHistory(self, request: pb.KvHistoryRequest, context: Any) -> pb.KvHistoryResponse:
+        entries = await self.kv.history(request.bucket, request.key, request.from_revision, request.limit)
+        return pb.KvHistoryResponse(
+            success=True,
+            result_code="ok",
+            entries=[
+                pb.KvHistoryEntry(value=e.value, revision=e.revision, ts_ms=e.ts_ms, deleted=e.deleted)
+                for e in entries
+            ],
+        )
+
+    async def KvWatch(self, request: pb.KvWatchRequest, context: Any) -> AsyncIterator[pb.KvWatchEvent]:
+        # The watch has no status field: a missing bucket or bad key is the call's status.
+        try:
+            changes = self.kv.watch(request.bucket, request.key)
+            async for entry in changes:
+                if entry.deleted:
+                    event = pb.KvWatchEvent(
+                        delete=pb.KvDeleteEvent(key=entry.key, revision=entry.revision, ts_ms=entry.ts_ms)
+                    )
+                else:
+                    event = pb.KvWatchEvent(
+                        put=pb.KvPutEvent(
+                            key=entry.key, value=entry.value, revision=entry.revision, ts_ms=entry.ts_ms
+                        )
+                    )
+                yield event
+        except NoSuchBucket as exc:
+            raise NotFound(exc.message) from exc
 
 
 class CollectionsHandlers(collections_pb2_grpc.WaymakerCollectionsServiceServicer):

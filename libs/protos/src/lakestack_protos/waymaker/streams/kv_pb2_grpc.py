@@ -113,7 +113,7 @@ class WaymakerKvServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def KvPut(self, request, context):
-        """Unconditional write.
+        """Unconditional write. A value above the bucket's max_value_size is result_code "oversize".
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -159,7 +159,8 @@ class WaymakerKvServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def KvTouch(self, request, context):
-        """Re-arms a key's TTL without changing its value; answers the key's current revision.
+        """Re-arms a live key's TTL: the same value is written again with the new TTL (a new
+        revision, answered); an absent or deleted key is wrong_revision with revision 0.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -39,7 +39,7 @@ class WaymakerKvServiceStub:
     KvCreateBucket: _grpc.UnaryUnaryMultiCallable[_waymaker_streams_pb2.KvCreateBucketRequest, _waymaker_streams_pb2.KvCreateBucketResponse]
     KvDeleteBucket: _grpc.UnaryUnaryMultiCallable[_waymaker_streams_pb2.KvDeleteBucketRequest, _waymaker_streams_pb2.KvDeleteBucketResponse]
     KvPut: _grpc.UnaryUnaryMultiCallable[_waymaker_streams_pb2.KvPutRequest, _waymaker_streams_pb2.KvPutResponse]
-    """Unconditional write."""
+    """Unconditional write. A value above the bucket's max_value_size is result_code "oversize"."""
     KvCreate: _grpc.UnaryUnaryMultiCallable[_waymaker_streams_pb2.KvCreateRequest, _waymaker_streams_pb2.KvPutResponse]
     """Write only if the key has no live value (absent or tombstoned), else wrong_revision."""
     KvUpdate: _grpc.UnaryUnaryMultiCallable[_waymaker_streams_pb2.KvUpdateRequest, _waymaker_streams_pb2.KvPutResponse]
@@ -50,7 +50,9 @@ class WaymakerKvServiceStub:
     KvKeys: _grpc.UnaryUnaryMultiCallable[_waymaker_streams_pb2.KvKeysRequest, _waymaker_streams_pb2.KvKeysResponse]
     KvHistory: _grpc.UnaryUnaryMultiCallable[_waymaker_streams_pb2.KvHistoryRequest, _waymaker_streams_pb2.KvHistoryResponse]
     KvTouch: _grpc.UnaryUnaryMultiCallable[_waymaker_streams_pb2.KvTouchRequest, _waymaker_streams_pb2.KvPutResponse]
-    """Re-arms a key's TTL without changing its value; answers the key's current revision."""
+    """Re-arms a live key's TTL: the same value is written again with the new TTL (a new
+    revision, answered); an absent or deleted key is wrong_revision with revision 0.
+    """
     KvWatch: _grpc.UnaryStreamMultiCallable[_waymaker_streams_pb2.KvWatchRequest, _waymaker_streams_pb2.KvWatchEvent]
     """Live puts and deletes for a bucket (or one key) until the client disconnects."""
 
@@ -65,7 +67,7 @@ class WaymakerKvServiceAsyncStub(WaymakerKvServiceStub):
     KvCreateBucket: _aio.UnaryUnaryMultiCallable[_waymaker_streams_pb2.KvCreateBucketRequest, _waymaker_streams_pb2.KvCreateBucketResponse]  # type: ignore[assignment]
     KvDeleteBucket: _aio.UnaryUnaryMultiCallable[_waymaker_streams_pb2.KvDeleteBucketRequest, _waymaker_streams_pb2.KvDeleteBucketResponse]  # type: ignore[assignment]
     KvPut: _aio.UnaryUnaryMultiCallable[_waymaker_streams_pb2.KvPutRequest, _waymaker_streams_pb2.KvPutResponse]  # type: ignore[assignment]
-    """Unconditional write."""
+    """Unconditional write. A value above the bucket's max_value_size is result_code "oversize"."""
     KvCreate: _aio.UnaryUnaryMultiCallable[_waymaker_streams_pb2.KvCreateRequest, _waymaker_streams_pb2.KvPutResponse]  # type: ignore[assignment]
     """Write only if the key has no live value (absent or tombstoned), else wrong_revision."""
     KvUpdate: _aio.UnaryUnaryMultiCallable[_waymaker_streams_pb2.KvUpdateRequest, _waymaker_streams_pb2.KvPutResponse]  # type: ignore[assignment]
@@ -76,7 +78,9 @@ class WaymakerKvServiceAsyncStub(WaymakerKvServiceStub):
     KvKeys: _aio.UnaryUnaryMultiCallable[_waymaker_streams_pb2.KvKeysRequest, _waymaker_streams_pb2.KvKeysResponse]  # type: ignore[assignment]
     KvHistory: _aio.UnaryUnaryMultiCallable[_waymaker_streams_pb2.KvHistoryRequest, _waymaker_streams_pb2.KvHistoryResponse]  # type: ignore[assignment]
     KvTouch: _aio.UnaryUnaryMultiCallable[_waymaker_streams_pb2.KvTouchRequest, _waymaker_streams_pb2.KvPutResponse]  # type: ignore[assignment]
-    """Re-arms a key's TTL without changing its value; answers the key's current revision."""
+    """Re-arms a live key's TTL: the same value is written again with the new TTL (a new
+    revision, answered); an absent or deleted key is wrong_revision with revision 0.
+    """
     KvWatch: _aio.UnaryStreamMultiCallable[_waymaker_streams_pb2.KvWatchRequest, _waymaker_streams_pb2.KvWatchEvent]  # type: ignore[assignment]
     """Live puts and deletes for a bucket (or one key) until the client disconnects."""
 
@@ -106,7 +110,7 @@ class WaymakerKvServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _waymaker_streams_pb2.KvPutRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_waymaker_streams_pb2.KvPutResponse, _abc.Awaitable[_waymaker_streams_pb2.KvPutResponse]]:
-        """Unconditional write."""
+        """Unconditional write. A value above the bucket's max_value_size is result_code "oversize"."""
 
     @_abc_1.abstractmethod
     def KvCreate(
@@ -159,7 +163,9 @@ class WaymakerKvServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _waymaker_streams_pb2.KvTouchRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_waymaker_streams_pb2.KvPutResponse, _abc.Awaitable[_waymaker_streams_pb2.KvPutResponse]]:
-        """Re-arms a key's TTL without changing its value; answers the key's current revision."""
+        """Re-arms a live key's TTL: the same value is written again with the new TTL (a new
+        revision, answered); an absent or deleted key is wrong_revision with revision 0.
+        """
 
     @_abc_1.abstractmethod
     def KvWatch(

@@ -10,6 +10,7 @@ from lakestack_protos.waymaker.streams import (
     waymaker_streams_pb2,
     waymaker_streams_pb2_grpc,
 )
+from lakestack_streams.collection_stores import Collections
 from lakestack_streams.kv import KeyValue
 from lakestack_streams.registry import StreamRegistry
 from lakestack_streams.server import CollectionsHandlers, KvHandlers, StreamsHandlers
@@ -24,6 +25,7 @@ class StreamsService(Service):
         super().__init__(settings)
         self.registry = StreamRegistry(settings.data_dir, settings.retention_sweep_interval_s)
         self.kv = KeyValue(self.registry)
+        self.collections = Collections(self.registry)
 
     async def start(self) -> None:
         await self.registry.open()
@@ -44,7 +46,7 @@ class StreamsService(Service):
                 collections_pb2,
                 collections_pb2_grpc,
                 "WaymakerCollectionsService",
-                CollectionsHandlers(),  # type: ignore[abstract]  # unbuilt RPCs: UNIMPLEMENTED
+                CollectionsHandlers(self.collections),
             ),
         ]
 

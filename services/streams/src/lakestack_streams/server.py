@@ -21,6 +21,7 @@ from lakestack_protos.waymaker.streams import (
 )
 from lakestack_protos.waymaker.streams import waymaker_streams_pb2 as pb
 from lakestack_streams import wire
+from lakestack_streams.collection_stores import Collections
 from lakestack_streams.errors import StreamsError
 from lakestack_streams.kv import KeyValue, NoSuchBucket
 from lakestack_streams.model import PublishRequest
@@ -345,4 +346,141 @@ class KvHandlers(kv_pb2_grpc.WaymakerKvServiceServicer):
 
 
 class CollectionsHandlers(collections_pb2_grpc.WaymakerCollectionsServiceServicer):
-    pass
+    def __init__(self, collections: Collections) -> None:
+        self.c = collections
+
+    # ---- hash -------------------------------------------------------------------------------
+
+    @answers(pb.CreateHashStoreResponse)
+    async def CreateHashStore(
+        self, request: pb.CreateHashStoreRequest, context: Any
+    ) -> pb.CreateHashStoreResponse:
+        await self.c.create("hash", request.name, max_bytes=request.max_bytes, ephemeral=request.ephemeral)
+        return pb.CreateHashStoreResponse(success=True, result_code="ok")
+
+    @answers(pb.DeleteHashStoreResponse)
+    async def DeleteHashStore(
+        self, request: pb.DeleteHashStoreRequest, context: Any
+    ) -> pb.DeleteHashStoreResponse:
+        await self.c.delete("hash", request.name)
+        return pb.DeleteHashStoreResponse(success=True, result_code="ok")
+
+    @answers(pb.HashSetResponse)
+    async def HashSet(self, request: pb.HashSetRequest, context: Any) -> pb.HashSetResponse:
+        revision = await self.c.put("hash", request.bucket, request.hash_key, request.field, request.value)
+        return pb.HashSetResponse(success=True, result_code="ok", revision=revision)
+
+    @answers(pb.HashGetResponse)
+    async def HashGet(self, request: pb.HashGetRequest, context: Any) -> pb.HashGetResponse:
+        item = await self.c.get("hash", request.bucket, request.hash_key, request.field)
+        if item is None:
+            return pb.HashGetResponse(success=True, result_code="ok")
+        return pb.HashGetResponse(success=True, result_code="ok", value=item.value, revision=item.revision)
+
+    @answers(pb.HashExistsResponse)
+    async def HashExists(self, request: pb.HashExistsRequest, context: Any) -> pb.HashExistsResponse:
+        item = await self.c.get("hash", request.bucket, request.hash_key, request.field)
+        return pb.HashExistsResponse(success=True, result_code="ok", exists=item is not None)
+
+    @answers(pb.HashDeleteResponse)
+    async def HashDelete(self, request: pb.HashDeleteRequest, context: Any) -> pb.HashDeleteResponse:
+        existed = await self.c.remove("hash", request.bucket, request.hash_key, request.field)
+        return pb.HashDeleteResponse(
+            success=True, result_code="ok", message="" if existed else "no such field"
+        )
+
+    @answers(pb.HashGetAllResponse)
+    async def HashGetAll(self, request: pb.HashGetAllRequest, context: Any) -> pb.HashGetAllResponse:
+        items = await self.c.items("hash", request.bucket, request.hash_key)
+        entries = [pb.HashFieldEntry(field=i.name, value=i.value, revision=i.revision) for i in items]
+        return pb.HashGetAllResponse(success=True, result_code="ok", entries=entries)
+
+    @answers(pb.HashFieldsResponse)
+    async def HashFields(self, request: pb.HashFieldsRequest, context: Any) -> pb.HashFieldsResponse:
+        items = await self.c.items("hash", request.bucket, request.hash_key)
+        return pb.HashFieldsResponse(success=True, result_code="ok", fields=[i.name for i in items])
+
+    @answers(pb.HashLenResponse)
+    async def HashLen(self, request: pb.HashLenRequest, context: Any) -> pb.HashLenResponse:
+        items = await self.c.items("hash", request.bucket, request.hash_key)
+        return pb.HashLenResponse(success=True, result_code="ok", count=len(items))
+
+    # ---- set --------------------------------------------------------------------------------
+
+    @answers(pb.CreateSetStoreResponse)
+    async def CreateSetStore(
+        self, request: pb.CreateSetStoreRequest, context: Any
+    ) -> pb.CreateSetStoreResponse:
+        await self.c.create("set", request.name, max_bytes=request.max_bytes, ephemeral=request.ephemeral)
+        return pb.CreateSetStoreResponse(success=True, result_code="ok")
+
+    @answers(pb.DeleteSetStoreResponse)
+    async def DeleteSetStore(
+        self, request: pb.DeleteSetStoreRequest, context: Any
+    ) -> pb.DeleteSetStoreResponse:
+        await self.c.delete("set", request.name)
+        return pb.DeleteSetStoreResponse(success=True, result_code="ok")
+
+    @answers(pb.SetAddResponse)
+    async def SetAdd(self, request: pb.SetAddRequest, context: Any) -> pb.SetAddResponse:
+        await self.c.put("set", request.bucket, request.set_key, request.member, b"")
+        return pb.SetAddResponse(success=True, result_code="ok")
+
+    @answers(pb.SetRemoveResponse)
+    async def SetRemove(self, request: pb.SetRemoveRequest, context: Any) -> pb.SetRemoveResponse:
+        existed = await self.c.remove("set", request.bucket, request.set_key, request.member)
+        return pb.SetRemoveResponse(success=True, result_code="ok", message="" if existed else "not a member")
+
+    @answers(pb.SetIsMemberResponse)
+    async def SetIsMember(self, request: pb.SetIsMemberRequest, context: Any) -> pb.SetIsMemberResponse:
+        item = await self.c.get("set", request.bucket, request.set_key, request.member)
+        return pb.SetIsMemberResponse(success=True, result_code="ok", is_member=item is not None)
+
+    @answers(pb.SetMembersResponse)
+    async def SetMembers(self, request: pb.SetMembersRequest, context: Any) -> pb.SetMembersResponse:
+        items = await self.c.items("set", request.bucket, request.set_key)
+        return pb.SetMembersResponse(success=True, result_code="ok", members=[i.name for i in items])
+
+    @answers(pb.SetLenResponse)
+    async def SetLen(self, request: pb.SetLenRequest, context: Any) -> pb.SetLenResponse:
+        items = await self.c.items("set", request.bucket, request.set_key)
+        return pb.SetLenResponse(success=True, result_code="ok", count=len(items))
+
+    # ---- queue ------------------------------------------------------------------------------
+
+    @answers(pb.CreateQueueResponse)
+    async def CreateQueue(self, request: pb.CreateQueueRequest, context: Any) -> pb.CreateQueueResponse:
+        await self.c.create(
+            "queue",
+            request.name,
+            max_bytes=request.max_bytes,
+            max_messages=request.max_messages,
+            ephemeral=request.ephemeral,
+        )
+        return pb.CreateQueueResponse(success=True, result_code="ok")
+
+    @answers(pb.DeleteQueueResponse)
+    async def DeleteQueue(self, request: pb.DeleteQueueRequest, context: Any) -> pb.DeleteQueueResponse:
+        await self.c.delete("queue", request.name)
+        return pb.DeleteQueueResponse(success=True, result_code="ok")
+
+    @answers(pb.QueuePushResponse)
+    async def QueuePush(self, request: pb.QueuePushRequest, context: Any) -> pb.QueuePushResponse:
+        sequence = await self.c.push(request.bucket, request.value)
+        return pb.QueuePushResponse(success=True, result_code="ok", sequence=sequence)
+
+    @answers(pb.QueuePopResponse)
+    async def QueuePop(self, request: pb.QueuePopRequest, context: Any) -> pb.QueuePopResponse:
+        value = await self.c.pop(request.bucket)
+        if value is None:
+            return pb.QueuePopResponse(success=True, result_code="ok")
+        return pb.QueuePopResponse(success=True, result_code="ok", value=value)
+
+    @answers(pb.QueueRangeResponse)
+    async def QueueRange(self, request: pb.QueueRangeRequest, context: Any) -> pb.QueueRangeResponse:
+        values = await self.c.range(request.bucket, request.from_sequence, request.limit)
+        return pb.QueueRangeResponse(success=True, result_code="ok", values=values)
+
+    @answers(pb.QueueLenResponse)
+    async def QueueLen(self, request: pb.QueueLenRequest, context: Any) -> pb.QueueLenResponse:
+        return pb.QueueLenResponse(success=True, result_code="ok", count=self.c.length(request.bucket))

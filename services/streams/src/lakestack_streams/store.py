@@ -492,6 +492,21 @@ class StreamStore:
 
     # ---- maintenance ------------------------------------------------------------------------
 
+    async def set_meta(self, key: str, value: str) -> None:
+        """Durably record a small named value beside the stream (e.g. a queue's bounds)."""
+
+        async def write() -> None:
+            await self._db.execute(
+                "INSERT INTO meta (key, value) VALUES (?, ?) "
+                "ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+                (f"x.{key}", value),
+            )
+
+        await self._transaction(write)
+
+    async def get_meta(self, key: str) -> str | None:
+        return await _read_meta(self._reader, f"x.{key}")
+
     async def write(self, body: Callable[[Txn], Awaitable[T]]) -> T:
         """Run ``body`` in one transaction, serialised with publishes (consumer state changes)."""
         if self._closed:

@@ -159,19 +159,24 @@ async def test_nak_term_in_progress(client: StreamsClient) -> None:
     await stream(client)
     for _ in range(3):
         await publish(client, "a")
-    await consumer(client, ack_wait_ms=200)
+    await consumer(client, ack_wait_ms=2000)
     assert [m.seq for m in await fetch(client, 3)] == [1, 2, 3]
     await client.streams.Nak(pb.NakRequest(stream="s", consumer="c", seq=1))  # now
     await client.streams.Nak(pb.NakRequest(stream="s", consumer="c", seq=2, delay_ms=60_000))
     await client.streams.Term(pb.TermRequest(stream="s", consumer="c", seq=3))
     redelivered = await fetch(client)
     assert [(m.seq, m.deliver_count) for m in redelivered] == [(1, 2)]
-    await asyncio.sleep(0.1)
+    # Generous margins (shared machines): InProgress at ~1 s moves the deadline from ~2 s to ~3 s.
+    await asyncio.sleep(1.0)
     await client.streams.InProgress(pb.InProgressRequest(stream="s", consumer="c", seq=1))
-    await asyncio.sleep(0.15)  # past the original ack_wait, but InProgress extended it
+    await asyncio.sleep(1.3)  # past the original ack_wait, within the extended one
     assert await fetch(client) == []
-    await asyncio.sleep(0.2)
-    assert [m.seq for m in await fetch(client)] == [1]  # 3 was terminated, 2 is delayed
+    again: list[pb.MessagePb] = []
+    for _ in range(100):
+        if again := await fetch(client):
+            break
+        await asyncio.sleep(0.1)
+    assert [m.seq for m in again] == [1]  # 3 was terminated, 2 is delayed
 
 
 async def test_work_queue_deletes_on_ack(client: StreamsClient) -> None:
@@ -216,7 +221,10 @@ async def test_subscribe_pushes_backlog_then_new_messages(client: StreamsClient)
                 return
 
     reader = asyncio.create_task(read())
-    await asyncio.sleep(0.2)
+    for _ in range(100):  # the backlog arrives first
+        if received:
+            break
+        await asyncio.sleep(0.05)
     assert received == [b"0"]
     await publish(client, "a", b"1")
     await publish(client, "a", b"2")

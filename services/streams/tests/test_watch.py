@@ -17,7 +17,7 @@ async def test_watch_sees_every_change_in_order(tmp_path: Path) -> None:
     service = StreamsService(StreamsSettings(data_dir=tmp_path, node_id=7))
     async with running(service) as server, StreamsClient(channel_to(server)) as client:
         call = client.streams.WatchStreams(pb.WatchStreamsRequest())
-        await asyncio.sleep(0.2)  # the watch is registered before the changes happen
+        await call.initial_metadata()  # the server has registered the watch
         s = client.streams
         await s.CreateStream(pb.CreateStreamRequest(config=pb.StreamConfigPb(name="w")))
         await s.UpdateStream(pb.UpdateStreamRequest(name="w", max_msgs=5))

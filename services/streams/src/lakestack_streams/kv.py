@@ -187,11 +187,16 @@ class KeyValue:
         now = now_ms()
         return [_entry(bucket, m, now) for m in messages]
 
-    async def watch(self, bucket: str, key: str = "") -> AsyncIterator[Entry]:
-        """Changes from now on, for the whole bucket or one key, until the bucket is deleted."""
+    def revision(self, bucket: str) -> int:
+        """The bucket's latest revision: a watch started after it sees every later change."""
+        return self._store(bucket).last_seq
+
+    async def watch(self, bucket: str, key: str = "", after: int | None = None) -> AsyncIterator[Entry]:
+        """Changes after revision ``after`` (default: now), for the whole bucket or one key,
+        until the bucket is deleted."""
         store = self._store(bucket)
         prefix = self._subject(bucket, key) if key else f"{bucket}."
-        seen = store.last_seq
+        seen = store.last_seq if after is None else after
         while not store.closed:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(5.0):

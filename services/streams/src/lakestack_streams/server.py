@@ -234,6 +234,7 @@ class StreamsHandlers(waymaker_streams_pb2_grpc.WaymakerStreamsServiceServicer):
         self, request: pb.WatchStreamsRequest, context: Any
     ) -> AsyncIterator[pb.WatchEvent]:
         async with self.registry.events.watch() as events:
+            await context.send_initial_metadata(())  # the watch is live: every later change is sent
             async for event in events:
                 yield wire.watch_event_pb(event, self.node_id)
 
@@ -328,8 +329,10 @@ class KvHandlers(kv_pb2_grpc.WaymakerKvServiceServicer):
     async def KvWatch(self, request: pb.KvWatchRequest, context: Any) -> AsyncIterator[pb.KvWatchEvent]:
         # The watch has no status field: a missing bucket or bad key is the call's status.
         try:
-            changes = self.kv.watch(request.bucket, request.key)
-            async for entry in changes:
+            start = self.kv.revision(request.bucket)
+            # Headers tell the client the watch is live: every change after this point is sent.
+            await context.send_initial_metadata(())
+            async for entry in self.kv.watch(request.bucket, request.key, after=start):
                 if entry.deleted:
                     event = pb.KvWatchEvent(
                         delete=pb.KvDeleteEvent(key=entry.key, revision=entry.revision, ts_ms=entry.ts_ms)

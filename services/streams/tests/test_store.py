@@ -236,3 +236,24 @@ def test_kill_9_loses_no_acknowledged_publish(tmp_path: Path) -> None:
         await store.close()
 
     asyncio.run(check())
+
+
+async def test_last_seq_only_counts_committed_messages(store: StreamStore) -> None:
+    """A tailing reader that trusts last_seq must never skip a message (last_seq moves only after
+    the commit, not when a publish transaction assigns seqs)."""
+    seen: list[int] = []
+
+    async def tail() -> None:
+        cursor = 0
+        while cursor < 600:
+            await store.wait_for_append(cursor)
+            target = store.last_seq
+            batch = [m.seq for m in await store.read(cursor + 1, 10_000) if m.seq <= target]
+            seen.extend(batch)
+            cursor = target
+
+    reader = asyncio.create_task(tail())
+    for round_ in range(30):
+        await asyncio.gather(*(store.publish(pub("a", str(round_).encode())) for _ in range(20)))
+    await asyncio.wait_for(reader, 10)
+    assert seen == list(range(1, 601))

@@ -168,7 +168,8 @@ class StreamStore:
         self._reader = reader
         self._config = config
         self.path = path
-        self._last_seq = 0
+        self._last_seq = 0  # highest seq assigned (inside a transaction it may not be committed yet)
+        self._committed_seq = 0  # highest seq readers can see
         self._first_seq = 0
         self._msg_count = 0
         self._bytes = 0
@@ -220,6 +221,7 @@ class StreamStore:
             row = await cursor.fetchone()
         min_seq, max_seq = (row[0], row[1]) if row else (None, None)
         self._last_seq = max(int(last or 0), int(max_seq or 0))
+        self._committed_seq = self._last_seq
         self._first_seq = int(min_seq or 0)
         self._msg_count = sum(b.msgs for b in self._blocks.values())
         self._bytes = sum(b.bytes for b in self._blocks.values())
@@ -250,13 +252,14 @@ class StreamStore:
 
     @property
     def last_seq(self) -> int:
-        return self._last_seq
+        """The highest committed seq: everything up to it is readable."""
+        return self._committed_seq
 
     def stats(self) -> StreamStats:
         if not self._msg_count:
-            return StreamStats(last_seq=self._last_seq)
+            return StreamStats(last_seq=self._committed_seq)
         return StreamStats(
-            last_seq=self._last_seq,
+            last_seq=self._committed_seq,
             msg_count=self._msg_count,
             bytes=self._bytes,
             block_count=len(self._blocks),
@@ -357,6 +360,7 @@ class StreamStore:
                 await self._enforce_limits(wall)
 
         await self._transaction(write)
+        self._committed_seq = self._last_seq
         if not accepted:
             return
         self.commits += 1
@@ -641,8 +645,8 @@ class StreamStore:
         """Wait until a message with seq > after_seq is committed (True) or the store closes
         (False). Wrap in ``asyncio.timeout`` to bound the wait."""
         async with self._appended:
-            await self._appended.wait_for(lambda: self._last_seq > after_seq or self._closed)
-        return self._last_seq > after_seq
+            await self._appended.wait_for(lambda: self._committed_seq > after_seq or self._closed)
+        return self._committed_seq > after_seq
 
 
 async def _read_meta(db: aiosqlite.Connection, key: str) -> str | None:

@@ -5,8 +5,10 @@
     .tools/bin/uv run --frozen python bench/run.py --only rpc
 
 Every ``bench/bench_<name>.py`` is a benchmark module (see ``benchlib``), run in ``ORDER``.
-Results print as a table and, for full runs, replace this script's section of RESULTS.md
-(between the ``<!-- bench:foundation:... -->`` markers); everything outside them is left alone.
+Results print as a table and, for full runs, replace the module's block of RESULTS.md: a
+subsection of the foundation section (``<!-- bench:foundation:NAME:... -->``), or, for a module
+that sets ``SECTION`` (and ``SECTION_HEADING``), its own top-level ``<!-- bench:SECTION:... -->``
+section; everything outside the markers is left alone.
 """
 
 from __future__ import annotations
@@ -173,6 +175,13 @@ def markdown_table(columns: list[str], rows: list[list[str]]) -> str:
     return "\n".join(lines)
 
 
+def section_key(module: ModuleType) -> str:
+    """The RESULTS.md block a module writes: its own section if it names one, else a foundation
+    subsection."""
+    own = getattr(module, "SECTION", None)
+    return str(own) if own else f"{SECTION}:{module.NAME}"
+
+
 def report_markdown(
     report: Report, facts: list[tuple[str, str]], when: str, elapsed_s: float, load: str
 ) -> str:
@@ -257,17 +266,20 @@ def _foundation_skeleton(names: list[str]) -> str:
     return "\n".join([start, intro, "", "\n\n".join(blocks), end])
 
 
-def update_results(path: Path, sections: dict[str, str], all_names: list[str]) -> None:
+def update_results(path: Path, sections: dict[str, str], foundation_names: list[str]) -> None:
+    """``sections`` maps a block key (see ``section_key``) to its new body."""
     text = path.read_text() if path.exists() else RESULTS_HEADER
     if _markers(SECTION)[0] not in text:
-        text = text.rstrip("\n") + "\n\n" + _foundation_skeleton(all_names) + "\n"
-    for name, body in sections.items():
-        key = f"{SECTION}:{name}"
+        text = text.rstrip("\n") + "\n\n" + _foundation_skeleton(foundation_names) + "\n"
+    for key, body in sections.items():
         updated = _replace_block(text, key, body)
-        if updated is None:  # a new benchmark: add its block at the end of our section
+        if updated is None:
             s, e = _markers(key)
-            end = _markers(SECTION)[1]
-            updated = text.replace(end, f"\n{s}\n{body}\n{e}\n{end}", 1)
+            if key.startswith(f"{SECTION}:"):  # a new foundation benchmark: at the end of that section
+                end = _markers(SECTION)[1]
+                updated = text.replace(end, f"\n{s}\n{body}\n{e}\n{end}", 1)
+            else:  # a new section of its own: at the end of the file
+                updated = text.rstrip("\n") + f"\n\n{s}\n{body}\n{e}\n"
         text = updated
     tmp = path.with_suffix(".md.tmp")
     tmp.write_text(text)
@@ -305,12 +317,17 @@ def main(argv: list[str] | None = None) -> int:
         if args.quick:
             when += " (--quick: small counts, smoke run only)"
         print_report(report, facts)
-        sections[name] = report_markdown(report, facts, when, elapsed, load)
+        body = report_markdown(report, facts, when, elapsed, load)
+        heading = getattr(module, "SECTION_HEADING", None)
+        if getattr(module, "SECTION", None) and heading:
+            body = f"{heading}\n\nWritten by `bench/run.py --only {name}`; see bench/README.md.\n\n{body}"
+        sections[section_key(module)] = body
 
     if args.no_write or (args.quick and not args.write):
         print("\nRESULTS.md not updated (--quick/--no-write).", file=sys.stderr)
     else:
-        update_results(RESULTS, sections, list(modules))
+        foundation = [n for n, m in modules.items() if section_key(m).startswith(f"{SECTION}:")]
+        update_results(RESULTS, sections, foundation)
         print(f"\nupdated {RESULTS.relative_to(BENCH_DIR.parent)} ({', '.join(sections)})", file=sys.stderr)
     return 0
 

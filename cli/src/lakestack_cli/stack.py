@@ -22,7 +22,6 @@ from pathlib import Path
 
 from lakestack_common import topology
 from lakestack_common.clients import check_health
-from lakestack_common.topology import free_port
 
 STATE_FILE = "lakestack-up.json"
 NATS = "nats"
@@ -73,9 +72,10 @@ class StackState:
 
 def plan(only: list[str] | None, with_nats: bool, free_ports: bool, nats_port: int) -> list[Member]:
     services = [s for s in topology.SERVICES if not only or s.name in only]
-    members = [Member(NATS, free_port() if free_ports else nats_port)] if with_nats else []
-    members += [Member(s.name, free_port() if free_ports else s.port) for s in services]
-    return members
+    wanted = [(NATS, nats_port)] if with_nats else []
+    wanted += [(s.name, s.port) for s in services]
+    ports = topology.free_ports(len(wanted)) if free_ports else [port for _, port in wanted]
+    return [Member(name, port) for (name, _), port in zip(wanted, ports, strict=True)]
 
 
 def nats_server_binary() -> str:

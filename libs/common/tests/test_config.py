@@ -66,3 +66,11 @@ def test_invalid_values_are_rejected(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("LAKESTACK_DEMO_SVC_PORT")
     with pytest.raises(ValidationError):
         DemoSettings(log_format="xml")
+
+
+def test_free_ports_are_distinct() -> None:
+    from lakestack_common.topology import free_ports
+
+    for _ in range(20):
+        ports = free_ports(6)
+        assert len(set(ports)) == 6

@@ -6,6 +6,7 @@ service names through `LAKESTACK_<SERVICE>_ADDRESS`.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 from dataclasses import dataclass
@@ -41,6 +42,14 @@ NATS_PORT = 4222
 
 def free_port(host: str = "127.0.0.1") -> int:
     """A port that was free a moment ago (for tests and `lakestack up --free-ports`)."""
-    with socket.socket() as sock:
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])
+    return free_ports(1, host)[0]
+
+
+def free_ports(count: int, host: str = "127.0.0.1") -> list[int]:
+    """``count`` distinct free ports: all sockets stay bound until every port is chosen, so the
+    kernel cannot hand the same port out twice (as consecutive free_port() calls may)."""
+    with contextlib.ExitStack() as stack:
+        sockets = [stack.enter_context(socket.socket()) for _ in range(count)]
+        for sock in sockets:
+            sock.bind((host, 0))
+        return [int(sock.getsockname()[1]) for sock in sockets]

@@ -572,15 +572,16 @@ class StreamStore:
 
     # ---- reads (committed data only) --------------------------------------------------------
 
-    async def _rows(self, sql: str, params: Sequence[object]) -> list[Message]:
-        async def query() -> list[Message]:
-            async with self._reader.execute(sql, params) as cursor:
-                return [_message(r) for r in await cursor.fetchall()]
+    async def _fetch(self, sql: str, params: Sequence[object]) -> list[Any]:
+        """Rows of a read that only sees committed data."""
+        if self._reader is self._db:  # in memory: one connection, so wait for any open transaction
+            async with self._lock, self._db.execute(sql, params) as cursor:
+                return list(await cursor.fetchall())
+        async with self._reader.execute(sql, params) as cursor:
+            return list(await cursor.fetchall())
 
-        if self._reader is self._db:  # in memory: wait for any open transaction
-            async with self._lock:
-                return await query()
-        return await query()
+    async def _rows(self, sql: str, params: Sequence[object]) -> list[Message]:
+        return [_message(r) for r in await self._fetch(sql, params)]
 
     @staticmethod
     async def _last_seq_at(db: aiosqlite.Connection, subject: str) -> int:
@@ -631,15 +632,7 @@ class StreamStore:
             params: tuple[object, ...] = (prefix, prefix_end(prefix), limit)
         else:
             sql, params = "SELECT DISTINCT subject FROM messages ORDER BY subject LIMIT ?", (limit,)
-
-        async def query() -> list[str]:
-            async with self._reader.execute(sql, params) as cursor:
-                return [str(r[0]) for r in await cursor.fetchall()]
-
-        if self._reader is self._db:
-            async with self._lock:
-                return await query()
-        return await query()
+        return [str(r[0]) for r in await self._fetch(sql, params)]
 
     async def wait_for_append(self, after_seq: int) -> bool:
         """Wait until a message with seq > after_seq is committed (True) or the store closes

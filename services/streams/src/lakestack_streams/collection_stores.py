@@ -146,11 +146,11 @@ class Collections:
         return await self.registry.publish(f"queue:{name}", PublishRequest(QUEUE_SUBJECT, value))
 
     async def pop(self, name: str) -> bytes | None:
-        async def take_oldest(txn: Txn) -> bytes | None:
-            oldest = await txn.messages("1 = 1 ORDER BY seq LIMIT 1")
+        def take_oldest(txn: Txn) -> bytes | None:
+            oldest = txn.messages("1 = 1 ORDER BY seq LIMIT 1")
             if not oldest:
                 return None
-            await txn.remove([oldest[0].seq])
+            txn.remove([oldest[0].seq])
             return oldest[0].payload
 
         return await self._store("queue", name).write(take_oldest)

@@ -135,15 +135,15 @@ class Consumers:
                 f"dead_letter_subject {config.dead_letter_subject!r} is not accepted by the stream's subjects"
             )
 
-        async def create(txn: Txn) -> ConsumerState:
-            existing = await _load(txn, config.name)
+        def create(txn: Txn) -> ConsumerState:
+            existing = _load(txn, config.name)
             if existing is not None:
                 if existing.config == config:
                     return existing  # idempotent re-create with the same config
                 raise StreamExists(f"consumer {config.name!r} already exists with a different config")
-            cursor = await _start_cursor(txn, config, self.store)
+            cursor = _start_cursor(txn, config, self.store)
             created = now_ms()
-            await txn.execute(
+            txn.execute(
                 "INSERT INTO consumers (name, config, ack_floor, last_delivered, cursor, created_at_ms) "
                 "VALUES (?, ?, ?, ?, ?, ?)",
                 (config.name, config.to_json(), cursor, cursor, cursor, created),
@@ -155,10 +155,10 @@ class Consumers:
         return state
 
     async def delete(self, name: str) -> None:
-        async def delete(txn: Txn) -> None:
-            if await _load(txn, name) is None:
+        def delete(txn: Txn) -> None:
+            if _load(txn, name) is None:
                 raise NoSuchConsumer(f"consumer {name!r} does not exist on stream {self.store.config.name!r}")
-            await txn.execute("DELETE FROM consumers WHERE name = ?", (name,))
+            txn.execute("DELETE FROM consumers WHERE name = ?", (name,))
 
         await self.store.write(delete)
         self._on_change(False, name)
@@ -167,9 +167,9 @@ class Consumers:
         return await self.store.write(lambda txn: _require(txn, name, self.store))
 
     async def all(self) -> list[ConsumerState]:
-        async def load_all(txn: Txn) -> list[ConsumerState]:
-            rows = await txn.fetchall("SELECT name FROM consumers ORDER BY name")
-            return [await _require(txn, str(r[0]), self.store) for r in rows]
+        def load_all(txn: Txn) -> list[ConsumerState]:
+            rows = txn.fetchall("SELECT name FROM consumers ORDER BY name")
+            return [_require(txn, str(r[0]), self.store) for r in rows]
 
         return await self.store.write(load_all)
 
@@ -179,13 +179,13 @@ class Consumers:
         batch = max(1, min(batch, MAX_FETCH_BATCH))
         dead: list[tuple[Message, int]] = []
 
-        async def fetch(txn: Txn) -> list[Delivery]:
-            state = await _require(txn, name, self.store)
+        def fetch(txn: Txn) -> list[Delivery]:
+            state = _require(txn, name, self.store)
             config = state.config
             now = now_ms()
             deliveries: list[Delivery] = []
             dropped = 0
-            due = await txn.fetchall(
+            due = txn.fetchall(
                 "SELECT seq, deliver_count FROM pending WHERE consumer = ? AND eligible_at_ms <= ? "
                 "ORDER BY seq LIMIT ?",
                 (name, now, batch * 2),
@@ -193,14 +193,14 @@ class Consumers:
             for seq, count in due:
                 if len(deliveries) >= batch:
                     break
-                found = await txn.messages("seq = ?", (seq,))
+                found = txn.messages("seq = ?", (seq,))
                 if not found or int(count) >= config.max_deliver:
-                    await txn.execute("DELETE FROM pending WHERE consumer = ? AND seq = ?", (name, seq))
+                    txn.execute("DELETE FROM pending WHERE consumer = ? AND seq = ?", (name, seq))
                     if found:
                         dropped += 1
                         dead.append((found[0], int(count)))
                     continue
-                await txn.execute(
+                txn.execute(
                     "UPDATE pending SET deliver_count = deliver_count + 1, delivered_at_ms = ?, "
                     "eligible_at_ms = ? WHERE consumer = ? AND seq = ?",
                     (now, now + config.ack_wait_ms, name, seq),
@@ -212,14 +212,12 @@ class Consumers:
             prefix = literal_prefix(config.filter_subject) if config.filter_subject else ""
             while len(deliveries) < batch and cursor < self.store.last_seq:
                 if prefix:  # the subject index narrows the window to candidate subjects
-                    window = await txn.messages(
+                    window = txn.messages(
                         "seq > ? AND seq <= ? AND subject >= ? AND subject < ? ORDER BY seq",
                         (cursor, cursor + SCAN_WINDOW, prefix, prefix_end(prefix)),
                     )
                 else:
-                    window = await txn.messages(
-                        "seq > ? AND seq <= ? ORDER BY seq", (cursor, cursor + SCAN_WINDOW)
-                    )
+                    window = txn.messages("seq > ? AND seq <= ? ORDER BY seq", (cursor, cursor + SCAN_WINDOW))
                 scanned_to = min(cursor + SCAN_WINDOW, self.store.last_seq)
                 for message in window:
                     if not matcher.accepts(message.subject):
@@ -231,17 +229,17 @@ class Consumers:
                 cursor = scanned_to
             fresh = [d for d in deliveries if d.deliver_count == 1]
             if fresh:
-                await txn.executemany(
+                txn.executemany(
                     "INSERT OR REPLACE INTO pending "
                     "(consumer, seq, delivered_at_ms, deliver_count, eligible_at_ms) VALUES (?, ?, ?, 1, ?)",
                     [(name, d.message.seq, now, now + config.ack_wait_ms) for d in fresh],
                 )
-            await txn.execute(
+            txn.execute(
                 "UPDATE consumers SET cursor = ?, last_delivered = ?, "
                 "redelivered_dropped = redelivered_dropped + ? WHERE name = ?",
                 (cursor, last_delivered, dropped, name),
             )
-            await _advance_floor(txn, name)
+            _advance_floor(txn, name)
             return deliveries
 
         deliveries = await self.store.write(fetch)
@@ -293,21 +291,21 @@ class Consumers:
         """True if ``seq`` was pending; an ack for anything else changes nothing."""
         work_queue = self.store.config.retention == "work_queue"
 
-        async def ack(txn: Txn) -> bool:
-            await _require(txn, name, self.store)
-            was_pending = await _take_pending(txn, name, seq)
+        def ack(txn: Txn) -> bool:
+            _require(txn, name, self.store)
+            was_pending = _take_pending(txn, name, seq)
             if was_pending and work_queue:
-                await txn.remove([seq])
-            await _advance_floor(txn, name)
+                txn.remove([seq])
+            _advance_floor(txn, name)
             return was_pending
 
         return await self.store.write(ack)
 
     async def term(self, name: str, seq: int) -> bool:
-        async def term(txn: Txn) -> bool:
-            await _require(txn, name, self.store)
-            was_pending = await _take_pending(txn, name, seq)
-            await _advance_floor(txn, name)
+        def term(txn: Txn) -> bool:
+            _require(txn, name, self.store)
+            was_pending = _take_pending(txn, name, seq)
+            _advance_floor(txn, name)
             return was_pending
 
         return await self.store.write(term)
@@ -321,17 +319,17 @@ class Consumers:
     async def _reschedule(
         self, name: str, seq: int, eligible: Callable[[int, int], int], touch: bool = False
     ) -> bool:
-        async def reschedule(txn: Txn) -> bool:
-            state = await _require(txn, name, self.store)
+        def reschedule(txn: Txn) -> bool:
+            state = _require(txn, name, self.store)
             now = now_ms()
-            rows = await txn.fetchall("SELECT 1 FROM pending WHERE consumer = ? AND seq = ?", (name, seq))
+            rows = txn.fetchall("SELECT 1 FROM pending WHERE consumer = ? AND seq = ?", (name, seq))
             if not rows:
                 return False
             sql = "UPDATE pending SET eligible_at_ms = ?" + (", delivered_at_ms = ?" if touch else "")
             params: tuple[object, ...] = (eligible(now, state.config.ack_wait_ms),) + (
                 (now,) if touch else ()
             )
-            await txn.execute(sql + " WHERE consumer = ? AND seq = ?", (*params, name, seq))
+            txn.execute(sql + " WHERE consumer = ? AND seq = ?", (*params, name, seq))
             return True
 
         return await self.store.write(reschedule)
@@ -339,8 +337,8 @@ class Consumers:
     async def next_redelivery_ms(self, name: str) -> int | None:
         """When the earliest pending message of ``name`` becomes eligible again (None: nothing pending)."""
 
-        async def earliest(txn: Txn) -> int | None:
-            rows = await txn.fetchall("SELECT min(eligible_at_ms) FROM pending WHERE consumer = ?", (name,))
+        def earliest(txn: Txn) -> int | None:
+            rows = txn.fetchall("SELECT min(eligible_at_ms) FROM pending WHERE consumer = ?", (name,))
             return int(rows[0][0]) if rows and rows[0][0] is not None else None
 
         return await self.store.write(earliest)
@@ -351,17 +349,17 @@ class Consumers:
         if self.store.config.retention != "interest":
             return 0
 
-        async def prune(txn: Txn) -> int:
-            rows = await txn.fetchall("SELECT min(ack_floor), count(*) FROM consumers")
+        def prune(txn: Txn) -> int:
+            rows = txn.fetchall("SELECT min(ack_floor), count(*) FROM consumers")
             floor, count = rows[0]
             limit = self.store.last_seq if not count else int(floor)
-            return await txn.drop_blocks_through(limit)
+            return txn.drop_blocks_through(limit)
 
         return await self.store.write(prune)
 
 
-async def _load(txn: Txn, name: str) -> ConsumerState | None:
-    rows = await txn.fetchall(
+def _load(txn: Txn, name: str) -> ConsumerState | None:
+    rows = txn.fetchall(
         "SELECT config, ack_floor, last_delivered, cursor, created_at_ms, redelivered_dropped "
         "FROM consumers WHERE name = ?",
         (name,),
@@ -379,35 +377,35 @@ async def _load(txn: Txn, name: str) -> ConsumerState | None:
     )
 
 
-async def _require(txn: Txn, name: str, store: StreamStore) -> ConsumerState:
-    state = await _load(txn, name)
+def _require(txn: Txn, name: str, store: StreamStore) -> ConsumerState:
+    state = _load(txn, name)
     if state is None:
         raise NoSuchConsumer(f"consumer {name!r} does not exist on stream {store.config.name!r}")
     return state
 
 
-async def _take_pending(txn: Txn, name: str, seq: int) -> bool:
-    rows = await txn.fetchall("SELECT 1 FROM pending WHERE consumer = ? AND seq = ?", (name, seq))
+def _take_pending(txn: Txn, name: str, seq: int) -> bool:
+    rows = txn.fetchall("SELECT 1 FROM pending WHERE consumer = ? AND seq = ?", (name, seq))
     if rows:
-        await txn.execute("DELETE FROM pending WHERE consumer = ? AND seq = ?", (name, seq))
+        txn.execute("DELETE FROM pending WHERE consumer = ? AND seq = ?", (name, seq))
     return bool(rows)
 
 
-async def _advance_floor(txn: Txn, name: str) -> None:
+def _advance_floor(txn: Txn, name: str) -> None:
     """ack_floor = just below the oldest pending seq, or the cursor when nothing is pending."""
-    await txn.execute(
+    txn.execute(
         "UPDATE consumers SET ack_floor = coalesce("
         "(SELECT min(seq) - 1 FROM pending WHERE consumer = ?), last_delivered) WHERE name = ?",
         (name, name),
     )
 
 
-async def _start_cursor(txn: Txn, config: ConsumerConfig, store: StreamStore) -> int:
+def _start_cursor(txn: Txn, config: ConsumerConfig, store: StreamStore) -> int:
     """The delivery cursor (last seq considered delivered) for a new consumer."""
     if config.deliver_policy == "by_start_seq":
         return config.start_seq - 1
     if config.deliver_policy == "by_start_time":
-        rows = await txn.fetchall("SELECT min(seq) FROM messages WHERE ts_ms >= ?", (config.start_time_ms,))
+        rows = txn.fetchall("SELECT min(seq) FROM messages WHERE ts_ms >= ?", (config.start_time_ms,))
         first = rows[0][0]
         return (int(first) - 1) if first is not None else store.last_seq
     if config.deliver_policy == "last":
@@ -415,7 +413,7 @@ async def _start_cursor(txn: Txn, config: ConsumerConfig, store: StreamStore) ->
             return max(store.last_seq - 1, 0)
         matcher = SubjectFilter([config.filter_subject])
         prefix = literal_prefix(config.filter_subject)
-        rows = await txn.fetchall(
+        rows = txn.fetchall(
             "SELECT seq, subject FROM messages WHERE subject >= ? AND subject < ? ORDER BY seq DESC",
             (prefix, prefix_end(prefix)) if prefix else ("", "\U0010ffff"),
         )

@@ -16,16 +16,17 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import sqlite3
 import time
 from collections import defaultdict
-from collections.abc import Awaitable, Callable, Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, TypeVar
 
 import aiosqlite
 
-from lakestack_common.sqlite import open_database
+from lakestack_common.sqlite import open_database, run_on_connection
 from lakestack_streams.errors import StreamsError, WrongRevision
 from lakestack_streams.model import Headers, Message, PublishRequest, StreamConfig, StreamStats, message_size
 
@@ -78,6 +79,7 @@ MIGRATIONS = [
 INSERT_MESSAGES = (
     "INSERT INTO messages (seq, subject, ts_ms, headers, payload, size) VALUES (?, ?, ?, ?, ?, ?)"
 )
+SET_META = "INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value"
 ADD_TO_BLOCKS = (
     "INSERT INTO blocks (block, msgs, bytes, max_ts) VALUES (?, ?, ?, ?) ON CONFLICT(block) DO UPDATE SET "
     "msgs = msgs + excluded.msgs, bytes = bytes + excluded.bytes, max_ts = max(max_ts, excluded.max_ts)"
@@ -101,11 +103,26 @@ def _message(row: Sequence[object]) -> Message:
     return Message(int(seq), str(subject), int(ts_ms), pairs, bytes(payload))  # type: ignore[call-overload,arg-type]
 
 
-@dataclass
+@dataclass(frozen=True)
 class Block:
     msgs: int
     bytes: int
     max_ts: int
+
+
+@dataclass
+class Counters:
+    """What the store keeps in memory about its messages: the committed copy is replaced as a
+    whole after each commit, so readers on the event loop never see a transaction half-done."""
+
+    last_seq: int = 0  # highest seq assigned
+    first_seq: int = 0  # lowest seq present (0: empty)
+    msg_count: int = 0
+    bytes: int = 0
+    blocks: dict[int, Block] = field(default_factory=dict)
+
+    def copy(self) -> Counters:
+        return replace(self, blocks=dict(self.blocks))
 
 
 class StoreClosed(StreamsError):
@@ -113,44 +130,229 @@ class StoreClosed(StreamsError):
 
 
 class Txn:
-    """What a :meth:`StreamStore.write` body may do inside its transaction."""
+    """One write transaction, run entirely on the writer connection's thread (so its body is
+    plain synchronous code: no awaits, no event-loop objects). ``counters`` is the
+    transaction's working copy; it becomes the store's state only if the transaction commits."""
 
-    def __init__(self, store: StreamStore) -> None:
+    def __init__(self, store: StreamStore, conn: sqlite3.Connection, counters: Counters) -> None:
         self._store = store
+        self._conn = conn
+        self.counters = counters
 
-    async def execute(self, sql: str, params: Sequence[object] = ()) -> None:
-        await self._store._db.execute(sql, params)
+    # ---- for write bodies -------------------------------------------------------------------
 
-    async def executemany(self, sql: str, rows: Iterable[Sequence[object]]) -> None:
-        await self._store._db.executemany(sql, rows)
+    def execute(self, sql: str, params: Sequence[object] = ()) -> None:
+        self._conn.execute(sql, params)
 
-    async def fetchall(self, sql: str, params: Sequence[object] = ()) -> list[tuple[Any, ...]]:
-        async with self._store._db.execute(sql, params) as cursor:
-            return [tuple(row) for row in await cursor.fetchall()]
+    def executemany(self, sql: str, rows: Iterable[Sequence[object]]) -> None:
+        self._conn.executemany(sql, rows)
 
-    async def messages(self, sql_where: str, params: Sequence[object] = ()) -> list[Message]:
-        async with self._store._db.execute(
-            f"SELECT {_COLUMNS} FROM messages WHERE {sql_where}", params
-        ) as cursor:
-            return [_message(r) for r in await cursor.fetchall()]
+    def fetchall(self, sql: str, params: Sequence[object] = ()) -> list[tuple[Any, ...]]:
+        return [tuple(row) for row in self._conn.execute(sql, params).fetchall()]
 
-    async def remove(self, seqs: Iterable[int]) -> int:
+    def messages(self, sql_where: str, params: Sequence[object] = ()) -> list[Message]:
+        rows = self._conn.execute(f"SELECT {_COLUMNS} FROM messages WHERE {sql_where}", params).fetchall()
+        return [_message(r) for r in rows]
+
+    def remove(self, seqs: Iterable[int]) -> int:
         """Delete these messages (those still present), keeping blocks and counters in step."""
         wanted = list(seqs)
         if not wanted:
             return 0
         marks = ",".join("?" * len(wanted))
-        rows = await self.fetchall(f"SELECT seq, size FROM messages WHERE seq IN ({marks})", wanted)
-        return await self._store._delete_rows((int(seq), int(size)) for seq, size in rows)
+        rows = self.fetchall(f"SELECT seq, size FROM messages WHERE seq IN ({marks})", wanted)
+        return self._delete_rows((int(seq), int(size)) for seq, size in rows)
 
-    async def drop_blocks_through(self, seq: int) -> int:
+    def drop_blocks_through(self, seq: int) -> int:
         """Drop every whole block whose last seq is <= ``seq`` (Interest retention)."""
         removed = 0
-        for block in sorted(self._store._blocks):
+        for block in sorted(self.counters.blocks):
             if block * self._store.config.block_size > seq:
                 break
-            removed += await self._store._drop_block(block)
+            removed += self._drop_block(block)
         return removed
+
+    # ---- the store's own operations ---------------------------------------------------------
+
+    def append(self, requests: Sequence[PublishRequest]) -> list[int | StreamsError]:
+        """Append in order, assigning seqs; a failed compare-and-set yields WrongRevision in its
+        slot and takes no seq. Then apply per-subject and stream limits."""
+        config = self._store.config
+        counters = self.counters
+        wall = now_ms()
+        outcomes: list[int | StreamsError] = []
+        latest_in_batch: dict[str, int] = {}
+        rows: list[tuple[int, str, int, str | None, bytes, int]] = []
+        added: dict[int, list[int]] = defaultdict(lambda: [0, 0, 0])
+        for request in requests:
+            if request.expected_last_seq is not None:
+                current = latest_in_batch.get(request.subject)
+                if current is None:
+                    current = self.last_seq_at(request.subject)
+                if current != request.expected_last_seq:
+                    outcomes.append(WrongRevision(request.subject, request.expected_last_seq, current))
+                    continue
+            seq = counters.last_seq + len(rows) + 1
+            latest_in_batch[request.subject] = seq
+            size = message_size(request.subject, request.headers, request.payload)
+            ts = request.ts_ms or wall
+            rows.append((seq, request.subject, ts, _headers_json(request.headers), request.payload, size))
+            block = added[self._store.block_of(seq)]
+            block[0] += 1
+            block[1] += size
+            block[2] = max(block[2], ts)
+            outcomes.append(seq)
+        if not rows:
+            return outcomes
+        self._conn.executemany(INSERT_MESSAGES, rows)
+        self._conn.executemany(ADD_TO_BLOCKS, [(b, *k) for b, k in added.items()])
+        self._conn.execute(SET_META, ("last_seq", str(rows[-1][0])))
+        for b, (msgs, size, max_ts) in added.items():
+            mirror = counters.blocks.get(b, Block(0, 0, 0))
+            counters.blocks[b] = Block(mirror.msgs + msgs, mirror.bytes + size, max(mirror.max_ts, max_ts))
+        counters.last_seq = rows[-1][0]
+        counters.msg_count += len(rows)
+        counters.bytes += sum(r[5] for r in rows)
+        counters.first_seq = counters.first_seq or rows[0][0]
+        if config.max_msgs_per_subject:
+            for subject in latest_in_batch:
+                self.trim_subject(subject, config.max_msgs_per_subject)
+        if self._over_count_or_bytes():
+            self.enforce_limits(wall)
+        return outcomes
+
+    def last_seq_at(self, subject: str) -> int:
+        row = self._conn.execute("SELECT max(seq) FROM messages WHERE subject = ?", (subject,)).fetchone()
+        return int(row[0]) if row and row[0] is not None else 0
+
+    def trim_subject(self, subject: str, keep: int) -> int:
+        rows = self._conn.execute(
+            "SELECT seq, size FROM messages WHERE subject = ? ORDER BY seq DESC LIMIT -1 OFFSET ?",
+            (subject, keep),
+        ).fetchall()
+        return self._delete_rows((int(r[0]), int(r[1])) for r in rows)
+
+    def enforce_limits(self, now: int) -> int:
+        """Apply the Limits bounds: per message when strict, else whole blocks that lie entirely
+        outside what the bounds keep (never a message the bounds would keep)."""
+        c = self._store.config
+        counters = self.counters
+        if c.retention != "limits":
+            return 0
+        removed = 0
+        cutoff = now - c.max_age_ms if c.max_age_ms else None
+        if not c.strict_limits:
+            for block in sorted(counters.blocks):
+                mirror = counters.blocks[block]
+                expired = cutoff is not None and mirror.max_ts < cutoff
+                surplus_msgs = bool(c.max_msgs) and counters.msg_count - mirror.msgs >= c.max_msgs  # type: ignore[operator]
+                surplus_bytes = bool(c.max_bytes) and counters.bytes - mirror.bytes >= c.max_bytes  # type: ignore[operator]
+                if not (expired or surplus_msgs or surplus_bytes):
+                    break
+                removed += self._drop_block(block)
+            return removed
+        while counters.msg_count:  # strict: oldest first, one chunk at a time
+            chunk = self._conn.execute(
+                "SELECT seq, size, ts_ms FROM messages ORDER BY seq LIMIT ?", (SCAN_CHUNK,)
+            ).fetchall()
+            victims: list[tuple[int, int]] = []
+            count, size_left = counters.msg_count, counters.bytes
+            for seq, size, ts in chunk:
+                too_old = cutoff is not None and ts < cutoff
+                too_many = bool(c.max_msgs) and count > c.max_msgs  # type: ignore[operator]
+                too_big = bool(c.max_bytes) and size_left > c.max_bytes  # type: ignore[operator]
+                if not (too_old or too_many or too_big):
+                    break
+                victims.append((int(seq), int(size)))
+                count -= 1
+                size_left -= size
+            removed += self._delete_rows(victims)
+            if len(victims) < len(chunk) or not victims:
+                break
+        return removed
+
+    def delete_below(self, first_seq: int) -> int:
+        """Remove every message with seq < first_seq: whole blocks where possible."""
+        removed = 0
+        for block in sorted(self.counters.blocks):
+            if block * self._store.config.block_size < first_seq:
+                removed += self._drop_block(block)
+                continue
+            rows = self._conn.execute(
+                "SELECT seq, size FROM messages WHERE seq < ? ORDER BY seq", (first_seq,)
+            ).fetchall()
+            removed += self._delete_rows((int(r[0]), int(r[1])) for r in rows)
+            break
+        return removed
+
+    def _over_count_or_bytes(self) -> bool:
+        c = self._store.config
+        if c.retention != "limits":
+            return False
+        counters = self.counters
+        return bool(
+            (c.max_msgs and counters.msg_count > c.max_msgs) or (c.max_bytes and counters.bytes > c.max_bytes)
+        )
+
+    def _delete_rows(self, victims: Iterable[tuple[int, int]]) -> int:
+        """Delete messages given as (seq, size); keeps blocks and counters in step."""
+        victims = list(victims)
+        if not victims:
+            return 0
+        counters = self.counters
+        self._conn.executemany("DELETE FROM messages WHERE seq = ?", [(seq,) for seq, _ in victims])
+        per_block: dict[int, list[int]] = defaultdict(lambda: [0, 0])
+        for seq, size in victims:
+            entry = per_block[self._store.block_of(seq)]
+            entry[0] += 1
+            entry[1] += size
+        for b, (msgs, size) in per_block.items():
+            mirror = counters.blocks[b]
+            left = Block(mirror.msgs - msgs, mirror.bytes - size, mirror.max_ts)
+            if left.msgs <= 0:
+                del counters.blocks[b]
+                self._conn.execute("DELETE FROM blocks WHERE block = ?", (b,))
+            else:
+                counters.blocks[b] = left
+                self._conn.execute(
+                    "UPDATE blocks SET msgs = ?, bytes = ? WHERE block = ?", (left.msgs, left.bytes, b)
+                )
+        counters.msg_count -= len(victims)
+        counters.bytes -= sum(size for _, size in victims)
+        self._refresh_first_seq()
+        return len(victims)
+
+    def _drop_block(self, block: int) -> int:
+        size = self._store.config.block_size
+        mirror = self.counters.blocks.pop(block)
+        self._conn.execute(
+            "DELETE FROM messages WHERE seq BETWEEN ? AND ?", ((block - 1) * size + 1, block * size)
+        )
+        self._conn.execute("DELETE FROM blocks WHERE block = ?", (block,))
+        self.counters.msg_count -= mirror.msgs
+        self.counters.bytes -= mirror.bytes
+        self._refresh_first_seq()
+        return mirror.msgs
+
+    def _refresh_first_seq(self) -> None:
+        row = self._conn.execute("SELECT min(seq) FROM messages").fetchone()
+        self.counters.first_seq = int(row[0]) if row and row[0] is not None else 0
+
+
+def _read_counters(conn: sqlite3.Connection) -> Counters:
+    blocks = {
+        int(r[0]): Block(int(r[1]), int(r[2]), int(r[3]))
+        for r in conn.execute("SELECT block, msgs, bytes, max_ts FROM blocks").fetchall()
+    }
+    row = conn.execute("SELECT min(seq), max(seq) FROM messages").fetchone()
+    stored = conn.execute("SELECT value FROM meta WHERE key = 'last_seq'").fetchone()
+    return Counters(
+        last_seq=max(int(stored[0]) if stored else 0, int(row[1] or 0)),
+        first_seq=int(row[0] or 0),
+        msg_count=sum(b.msgs for b in blocks.values()),
+        bytes=sum(b.bytes for b in blocks.values()),
+        blocks=blocks,
+    )
 
 
 class StreamStore:
@@ -168,12 +370,7 @@ class StreamStore:
         self._reader = reader
         self._config = config
         self.path = path
-        self._last_seq = 0  # highest seq assigned (inside a transaction it may not be committed yet)
-        self._committed_seq = 0  # highest seq readers can see
-        self._first_seq = 0
-        self._msg_count = 0
-        self._bytes = 0
-        self._blocks: dict[int, Block] = {}
+        self._state = Counters()  # committed state; replaced whole by each commit
         self._queue: list[tuple[PublishRequest, asyncio.Future[int]]] = []
         self._wake = asyncio.Event()
         self._appended = asyncio.Condition()
@@ -202,7 +399,7 @@ class StreamStore:
             if path is not None:
                 reader = await open_database(path, MIGRATIONS)
             store = cls(db, reader, config, path)
-            await store._load_state()
+            store._state = await run_on_connection(db, _read_counters)
         except BaseException:
             if reader is not db:
                 await reader.close()
@@ -210,21 +407,6 @@ class StreamStore:
             raise
         store._writer = asyncio.create_task(store._write_loop(), name=f"stream-writer:{config.name}")
         return store
-
-    async def _load_state(self) -> None:
-        last = await _read_meta(self._db, "last_seq")
-        async with self._db.execute("SELECT block, msgs, bytes, max_ts FROM blocks") as cursor:
-            self._blocks = {
-                int(r[0]): Block(int(r[1]), int(r[2]), int(r[3])) for r in await cursor.fetchall()
-            }
-        async with self._db.execute("SELECT min(seq), max(seq) FROM messages") as cursor:
-            row = await cursor.fetchone()
-        min_seq, max_seq = (row[0], row[1]) if row else (None, None)
-        self._last_seq = max(int(last or 0), int(max_seq or 0))
-        self._committed_seq = self._last_seq
-        self._first_seq = int(min_seq or 0)
-        self._msg_count = sum(b.msgs for b in self._blocks.values())
-        self._bytes = sum(b.bytes for b in self._blocks.values())
 
     async def close(self) -> None:
         """Commit what is queued, then close. Later publishes raise StoreClosed."""
@@ -253,18 +435,19 @@ class StreamStore:
     @property
     def last_seq(self) -> int:
         """The highest committed seq: everything up to it is readable."""
-        return self._committed_seq
+        return self._state.last_seq
 
     def stats(self) -> StreamStats:
-        if not self._msg_count:
-            return StreamStats(last_seq=self._committed_seq)
+        state = self._state
+        if not state.msg_count:
+            return StreamStats(last_seq=state.last_seq)
         return StreamStats(
-            last_seq=self._committed_seq,
-            msg_count=self._msg_count,
-            bytes=self._bytes,
-            block_count=len(self._blocks),
-            first_block=min(self._blocks),
-            first_seq=self._first_seq,
+            last_seq=state.last_seq,
+            msg_count=state.msg_count,
+            bytes=state.bytes,
+            block_count=len(state.blocks),
+            first_block=min(state.blocks),
+            first_seq=state.first_seq,
         )
 
     def block_of(self, seq: int) -> int:
@@ -288,234 +471,72 @@ class StreamStore:
             self._wake.clear()
             while self._queue:
                 batch, self._queue = self._queue[:MAX_BATCH], self._queue[MAX_BATCH:]
+                # A publisher that went away before the commit is neither stored nor acknowledged.
+                batch = [(request, future) for request, future in batch if not future.done()]
+                if not batch:
+                    continue
+                requests = [request for request, _ in batch]
                 try:
-                    await self._commit(batch)
+                    outcomes = await self._transaction(lambda txn, requests=requests: txn.append(requests))
                 except Exception as exc:  # one failed batch must not stop the writer
                     log.exception("stream %s: commit failed", self._config.name)
-                    for _, future in batch:
-                        if not future.done():
-                            future.set_exception(StreamsError(f"commit failed: {exc}"))
+                    outcomes = [StreamsError(f"commit failed: {exc}")] * len(batch)
+                else:
+                    self.commits += 1
+                for (_, future), outcome in zip(batch, outcomes, strict=True):
+                    if future.done():
+                        continue
+                    if isinstance(outcome, BaseException):
+                        future.set_exception(outcome)
+                    else:
+                        future.set_result(outcome)
+                async with self._appended:
+                    self._appended.notify_all()
             if self._closed:
                 return
 
-    async def _commit(self, batch: list[tuple[PublishRequest, asyncio.Future[int]]]) -> None:
-        accepted: list[tuple[asyncio.Future[int], int]] = []
+    async def _transaction(self, body: Callable[[Txn], T]) -> T:
+        """Run ``body`` in one IMMEDIATE transaction on the writer connection's thread (one
+        thread hop for the whole transaction), one transaction at a time.
 
-        async def write() -> None:
-            # Seqs and compare-and-set checks are decided inside the transaction, under the lock.
-            wall = now_ms()
-            next_seq = self._last_seq
-            latest_in_batch: dict[str, int] = {}
-            rows: list[tuple[int, str, int, str | None, bytes, int]] = []
-            for request, future in batch:
-                if future.done():  # the publisher went away before commit: not acknowledged, not stored
-                    continue
-                if request.expected_last_seq is not None:
-                    current = latest_in_batch.get(request.subject)
-                    if current is None:
-                        current = await self._last_seq_at(self._db, request.subject)
-                    if current != request.expected_last_seq:
-                        future.set_exception(
-                            WrongRevision(request.subject, request.expected_last_seq, current)
-                        )
-                        continue
-                next_seq += 1
-                latest_in_batch[request.subject] = next_seq
-                size = message_size(request.subject, request.headers, request.payload)
-                headers = _headers_json(request.headers)
-                rows.append(
-                    (next_seq, request.subject, request.ts_ms or wall, headers, request.payload, size)
-                )
-                accepted.append((future, next_seq))
-            if not rows:
-                return
-            added: dict[int, Block] = defaultdict(lambda: Block(0, 0, 0))
-            for seq, _, ts, _, _, size in rows:
-                block = added[self.block_of(seq)]
-                block.msgs += 1
-                block.bytes += size
-                block.max_ts = max(block.max_ts, ts)
-            await self._db.executemany(INSERT_MESSAGES, rows)
-            await self._db.executemany(
-                ADD_TO_BLOCKS, [(b, k.msgs, k.bytes, k.max_ts) for b, k in added.items()]
-            )
-            await self._db.execute(
-                "INSERT INTO meta (key, value) VALUES ('last_seq', ?) "
-                "ON CONFLICT(key) DO UPDATE SET value = excluded.value",
-                (str(next_seq),),
-            )
-            for b, blk in added.items():
-                mirror = self._blocks.setdefault(b, Block(0, 0, 0))
-                mirror.msgs += blk.msgs
-                mirror.bytes += blk.bytes
-                mirror.max_ts = max(mirror.max_ts, blk.max_ts)
-            self._last_seq = next_seq
-            self._msg_count += len(rows)
-            self._bytes += sum(r[5] for r in rows)
-            self._first_seq = self._first_seq or rows[0][0]
-            if self._config.max_msgs_per_subject:
-                for subject in latest_in_batch:
-                    await self._trim_subject(subject, self._config.max_msgs_per_subject)
-            if self._over_count_or_bytes():
-                await self._enforce_limits(wall)
+        It runs in its own task, shielded: a caller that is cancelled (a client going away)
+        cannot leave it half-done; it still commits or rolls back, and the in-memory state
+        follows the outcome (the working copy is adopted only after COMMIT)."""
 
-        await self._transaction(write)
-        self._committed_seq = self._last_seq
-        if not accepted:
-            return
-        self.commits += 1
-        for future, seq in accepted:
-            if not future.done():
-                future.set_result(seq)
-        async with self._appended:
-            self._appended.notify_all()
+        def run(conn: sqlite3.Connection) -> tuple[T, Counters]:
+            txn = Txn(self, conn, self._state.copy())
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                result = body(txn)
+                conn.execute("COMMIT")
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            return result, txn.counters
 
-    async def _transaction(self, body: Callable[[], Awaitable[T]]) -> T:
-        """Run ``body`` in one IMMEDIATE transaction on the writer connection, one at a time.
-
-        The transaction runs in its own task, shielded: a caller that is cancelled (a client
-        going away) cannot leave it half-open; it still commits or rolls back. On failure the
-        in-memory mirror is reloaded from disk, since ``body`` may have changed it."""
-
-        async def run() -> T:
+        async def serialised() -> T:
             async with self._lock:
-                await self._db.execute("BEGIN IMMEDIATE")
-                try:
-                    result = await body()
-                    await self._db.execute("COMMIT")
-                    return result
-                except BaseException:
-                    await self._db.execute("ROLLBACK")
-                    await self._load_state()
-                    raise
+                result, counters = await run_on_connection(self._db, run)
+                self._state = counters
+                return result
 
-        return await asyncio.shield(asyncio.ensure_future(run()))
-
-    # ---- removal (inside a transaction) -----------------------------------------------------
-
-    async def _delete_rows(self, victims: Iterable[tuple[int, int]]) -> int:
-        """Delete messages given as (seq, size); keeps blocks and counters in step."""
-        victims = list(victims)
-        if not victims:
-            return 0
-        await self._db.executemany("DELETE FROM messages WHERE seq = ?", [(seq,) for seq, _ in victims])
-        per_block: dict[int, list[int]] = defaultdict(lambda: [0, 0])
-        for seq, size in victims:
-            entry = per_block[self.block_of(seq)]
-            entry[0] += 1
-            entry[1] += size
-        for b, (msgs, size) in per_block.items():
-            mirror = self._blocks[b]
-            mirror.msgs -= msgs
-            mirror.bytes -= size
-            if mirror.msgs <= 0:
-                del self._blocks[b]
-                await self._db.execute("DELETE FROM blocks WHERE block = ?", (b,))
-            else:
-                await self._db.execute(
-                    "UPDATE blocks SET msgs = ?, bytes = ? WHERE block = ?", (mirror.msgs, mirror.bytes, b)
-                )
-        self._msg_count -= len(victims)
-        self._bytes -= sum(size for _, size in victims)
-        await self._refresh_first_seq()
-        return len(victims)
-
-    async def _drop_block(self, block: int) -> int:
-        low = (block - 1) * self._config.block_size + 1
-        high = block * self._config.block_size
-        mirror = self._blocks.pop(block)
-        await self._db.execute("DELETE FROM messages WHERE seq BETWEEN ? AND ?", (low, high))
-        await self._db.execute("DELETE FROM blocks WHERE block = ?", (block,))
-        self._msg_count -= mirror.msgs
-        self._bytes -= mirror.bytes
-        await self._refresh_first_seq()
-        return mirror.msgs
-
-    async def _refresh_first_seq(self) -> None:
-        async with self._db.execute("SELECT min(seq) FROM messages") as cursor:
-            row = await cursor.fetchone()
-        self._first_seq = int(row[0]) if row and row[0] is not None else 0
-
-    async def _trim_subject(self, subject: str, keep: int) -> int:
-        async with self._db.execute(
-            "SELECT seq, size FROM messages WHERE subject = ? ORDER BY seq DESC LIMIT -1 OFFSET ?",
-            (subject, keep),
-        ) as cursor:
-            victims = [(int(r[0]), int(r[1])) for r in await cursor.fetchall()]
-        return await self._delete_rows(victims)
-
-    def _over_count_or_bytes(self) -> bool:
-        c = self._config
-        if c.retention != "limits":
-            return False
-        return bool(
-            (c.max_msgs and self._msg_count > c.max_msgs) or (c.max_bytes and self._bytes > c.max_bytes)
-        )
-
-    async def _oldest(self, limit: int) -> list[tuple[int, int, int]]:
-        async with self._db.execute(
-            "SELECT seq, size, ts_ms FROM messages ORDER BY seq LIMIT ?", (limit,)
-        ) as cursor:
-            return [(int(r[0]), int(r[1]), int(r[2])) for r in await cursor.fetchall()]
-
-    async def _enforce_limits(self, now: int) -> int:
-        """Apply the Limits bounds: per message when strict, else whole blocks that lie entirely
-        outside what the bounds keep (never a message the bounds would keep)."""
-        c = self._config
-        if c.retention != "limits":
-            return 0
-        removed = 0
-        cutoff = now - c.max_age_ms if c.max_age_ms else None
-        if not c.strict_limits:
-            for block in sorted(self._blocks):
-                mirror = self._blocks[block]
-                expired = cutoff is not None and mirror.max_ts < cutoff
-                surplus_msgs = bool(c.max_msgs) and self._msg_count - mirror.msgs >= c.max_msgs  # type: ignore[operator]
-                surplus_bytes = bool(c.max_bytes) and self._bytes - mirror.bytes >= c.max_bytes  # type: ignore[operator]
-                if not (expired or surplus_msgs or surplus_bytes):
-                    break
-                removed += await self._drop_block(block)
-            return removed
-        while self._msg_count:  # strict: oldest first, one chunk at a time
-            chunk = await self._oldest(SCAN_CHUNK)
-            victims: list[tuple[int, int]] = []
-            count, size_left = self._msg_count, self._bytes
-            for seq, size, ts in chunk:
-                too_old = cutoff is not None and ts < cutoff
-                too_many = bool(c.max_msgs) and count > c.max_msgs  # type: ignore[operator]
-                too_big = bool(c.max_bytes) and size_left > c.max_bytes  # type: ignore[operator]
-                if not (too_old or too_many or too_big):
-                    break
-                victims.append((seq, size))
-                count -= 1
-                size_left -= size
-            removed += await self._delete_rows(victims)
-            if len(victims) < len(chunk) or not victims:
-                break
-        return removed
+        return await asyncio.shield(asyncio.ensure_future(serialised()))
 
     # ---- maintenance ------------------------------------------------------------------------
 
     async def set_meta(self, key: str, value: str) -> None:
         """Durably record a small named value beside the stream (e.g. a queue's bounds)."""
-
-        async def write() -> None:
-            await self._db.execute(
-                "INSERT INTO meta (key, value) VALUES (?, ?) "
-                "ON CONFLICT(key) DO UPDATE SET value = excluded.value",
-                (f"x.{key}", value),
-            )
-
-        await self._transaction(write)
+        await self._transaction(lambda txn: txn.execute(SET_META, (f"x.{key}", value)))
 
     async def get_meta(self, key: str) -> str | None:
         return await _read_meta(self._reader, f"x.{key}")
 
-    async def write(self, body: Callable[[Txn], Awaitable[T]]) -> T:
-        """Run ``body`` in one transaction, serialised with publishes (consumer state changes)."""
+    async def write(self, body: Callable[[Txn], T]) -> T:
+        """Run ``body(txn)`` in one transaction, serialised with publishes (consumer state changes).
+        The body is synchronous and runs on the writer thread: database work only."""
         if self._closed:
             raise StoreClosed(f"stream {self._config.name!r} is closed")
-        return await self._transaction(lambda: body(Txn(self)))
+        return await self._transaction(body)
 
     async def prune(self, now: int | None = None) -> int:
         """Apply the retention bounds now (the background sweep and UpdateStream call this)."""
@@ -524,51 +545,23 @@ class StreamStore:
         c = self._config
         if not (c.max_age_ms or c.max_msgs or c.max_bytes):
             return 0
-        return await self._transaction(lambda: self._enforce_limits(now or now_ms()))
+        return await self._transaction(lambda txn: txn.enforce_limits(now or now_ms()))
 
     async def update_config(self, config: StreamConfig) -> int:
         """Persist a new config (mutable fields only are the caller's concern); returns pruned."""
-        previous = self._config
-
-        async def write() -> None:
-            await self._db.execute("UPDATE meta SET value = ? WHERE key = 'config'", (config.to_json(),))
-            self._config = config
-
-        try:
-            await self._transaction(write)
-        except BaseException:
-            self._config = previous
-            raise
+        await self._transaction(
+            lambda txn: txn.execute("UPDATE meta SET value = ? WHERE key = 'config'", (config.to_json(),))
+        )
+        self._config = config
         return await self.prune()
 
     async def delete_message(self, seq: int) -> bool:
         """Remove one message (WorkQueue ack); False if it is not there."""
-
-        async def remove() -> int:
-            async with self._db.execute("SELECT size FROM messages WHERE seq = ?", (seq,)) as cursor:
-                row = await cursor.fetchone()
-            return 0 if row is None else await self._delete_rows([(seq, int(row[0]))])
-
-        return bool(await self._transaction(remove))
+        return bool(await self._transaction(lambda txn: txn.remove([seq])))
 
     async def delete_below(self, first_seq: int) -> int:
         """Remove every message with seq < first_seq (truncation): whole blocks where possible."""
-
-        async def remove() -> int:
-            removed = 0
-            for block in sorted(self._blocks):
-                if block * self._config.block_size < first_seq:
-                    removed += await self._drop_block(block)
-                    continue
-                async with self._db.execute(
-                    "SELECT seq, size FROM messages WHERE seq < ? ORDER BY seq", (first_seq,)
-                ) as cursor:
-                    victims = [(int(r[0]), int(r[1])) for r in await cursor.fetchall()]
-                removed += await self._delete_rows(victims)
-                break
-            return removed
-
-        return await self._transaction(remove)
+        return await self._transaction(lambda txn: txn.delete_below(first_seq))
 
     # ---- reads (committed data only) --------------------------------------------------------
 
@@ -582,12 +575,6 @@ class StreamStore:
 
     async def _rows(self, sql: str, params: Sequence[object]) -> list[Message]:
         return [_message(r) for r in await self._fetch(sql, params)]
-
-    @staticmethod
-    async def _last_seq_at(db: aiosqlite.Connection, subject: str) -> int:
-        async with db.execute("SELECT max(seq) FROM messages WHERE subject = ?", (subject,)) as cursor:
-            row = await cursor.fetchone()
-        return int(row[0]) if row and row[0] is not None else 0
 
     async def get(self, seq: int) -> Message | None:
         rows = await self._rows(f"SELECT {_COLUMNS} FROM messages WHERE seq = ?", (seq,))
@@ -638,8 +625,8 @@ class StreamStore:
         """Wait until a message with seq > after_seq is committed (True) or the store closes
         (False). Wrap in ``asyncio.timeout`` to bound the wait."""
         async with self._appended:
-            await self._appended.wait_for(lambda: self._committed_seq > after_seq or self._closed)
-        return self._committed_seq > after_seq
+            await self._appended.wait_for(lambda: self._state.last_seq > after_seq or self._closed)
+        return self._state.last_seq > after_seq
 
 
 async def _read_meta(db: aiosqlite.Connection, key: str) -> str | None:

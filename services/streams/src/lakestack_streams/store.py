@@ -477,7 +477,9 @@ class StreamStore:
                     continue
                 requests = [request for request, _ in batch]
                 try:
-                    outcomes = await self._transaction(lambda txn, requests=requests: txn.append(requests))
+                    outcomes = await self._transaction(
+                        lambda txn, requests=requests: txn.append(requests), shielded=False
+                    )
                 except Exception as exc:  # one failed batch must not stop the writer
                     log.exception("stream %s: commit failed", self._config.name)
                     outcomes = [StreamsError(f"commit failed: {exc}")] * len(batch)
@@ -495,7 +497,7 @@ class StreamStore:
             if self._closed:
                 return
 
-    async def _transaction(self, body: Callable[[Txn], T]) -> T:
+    async def _transaction(self, body: Callable[[Txn], T], *, shielded: bool = True) -> T:
         """Run ``body`` in one IMMEDIATE transaction on the writer connection's thread (one
         thread hop for the whole transaction), one transaction at a time.
 
@@ -520,6 +522,8 @@ class StreamStore:
                 self._state = counters
                 return result
 
+        if not shielded:  # the caller is the writer task, which nothing outside cancels
+            return await serialised()
         return await asyncio.shield(asyncio.ensure_future(serialised()))
 
     # ---- maintenance ------------------------------------------------------------------------

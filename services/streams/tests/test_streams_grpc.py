@@ -71,7 +71,19 @@ async def test_lifecycle(client: StreamsClient) -> None:
         config("s", sources=[pb.StreamSourceConfigPb(source_stream="s")]),
         config(
             "s",
-            sources=[pb.StreamSourceConfigPb(source_stream="a"), pb.StreamSourceConfigPb(source_stream="b")],
+            sources=[pb.StreamSourceConfigPb(source_stream="a"), pb.StreamSourceConfigPb(source_stream="a")],
+        ),
+        config("s", sources=[pb.StreamSourceConfigPb(source_stream="a", start_time_ms=5)]),
+        config("s", sources=[pb.StreamSourceConfigPb(source_stream="a", dlq_stream="s")]),
+        config("s", sources=[pb.StreamSourceConfigPb(source_stream="a", filter_subject="a..b")]),
+        config(
+            "s",
+            sources=[
+                pb.StreamSourceConfigPb(
+                    source_stream="a",
+                    subject_transform=pb.SubjectTransformPb(source_pattern="a.*", destination="b.$2"),
+                )
+            ],
         ),
     ],
 )

@@ -7,9 +7,18 @@ from dataclasses import asdict, dataclass, replace
 from typing import Any, Literal
 
 from lakestack_streams.errors import InvalidConfig
-from lakestack_streams.subjects import SubjectError, SubjectFilter, validate_name, validate_pattern
+from lakestack_streams.subjects import (
+    SubjectError,
+    SubjectFilter,
+    SubjectTransform,
+    validate_name,
+    validate_pattern,
+)
 
 DEFAULT_BLOCK_SIZE = 100_000
+MAX_SOURCES = 16
+ON_DROP_HALT = 0
+ON_DROP_SKIP = 1  # ON_DROP_SKIP_TO_FIRST_AVAILABLE
 RetentionKind = Literal["limits", "work_queue", "interest"]
 Headers = tuple[tuple[str, str], ...]
 
@@ -25,6 +34,31 @@ class SourceConfig:
     max_initial_backfill: int = 0
     on_drop: int = 0
     dlq_stream: str = ""
+
+    def check(self, sourcing_stream: str) -> None:
+        """Raise InvalidConfig unless this source is usable by ``sourcing_stream``."""
+        if self.start_time_ms:
+            raise InvalidConfig("sources: start_time_ms is not supported; use start_seq")
+        if self.on_drop not in (ON_DROP_HALT, ON_DROP_SKIP):
+            raise InvalidConfig(f"sources: unknown on_drop policy {self.on_drop}")
+        if self.transform_source and not self.transform_destination:
+            raise InvalidConfig("sources: subject_transform needs a destination")
+        try:
+            validate_name("source stream", self.source_stream)
+            if self.dlq_stream:
+                validate_name("source dlq stream", self.dlq_stream)
+            if self.filter_subject:
+                validate_pattern(self.filter_subject)
+            self.transform()
+        except SubjectError as exc:
+            raise InvalidConfig(f"sources: {exc}") from exc
+        if sourcing_stream in (self.source_stream, self.dlq_stream):
+            raise InvalidConfig("a stream cannot source from itself or be its own source dlq")
+
+    def transform(self) -> SubjectTransform | None:
+        if not self.transform_destination:
+            return None
+        return SubjectTransform(self.transform_source, self.transform_destination)
 
 
 @dataclass(frozen=True)
@@ -55,19 +89,12 @@ class StreamConfig:
             raise InvalidConfig(
                 f"block_size {self.block_size} out of range (0 = default, at most 10,000,000)"
             )
-        if len(self.sources) > 1:
-            raise InvalidConfig("at most one source per stream is supported")
+        if len(self.sources) > MAX_SOURCES:
+            raise InvalidConfig(f"at most {MAX_SOURCES} sources per stream")
+        if len({s.source_stream for s in self.sources}) != len(self.sources):
+            raise InvalidConfig("sources: each source stream may be listed once")
         for source in self.sources:
-            if source.start_time_ms:
-                raise InvalidConfig("sources: start_time_ms is not supported; use start_seq")
-            try:
-                validate_name("source stream", source.source_stream)
-                if source.filter_subject:
-                    validate_pattern(source.filter_subject)
-            except SubjectError as exc:
-                raise InvalidConfig(str(exc)) from exc
-            if source.source_stream == self.name:
-                raise InvalidConfig("a stream cannot source from itself")
+            source.check(self.name)
         if self.retention != "limits" and (self.max_age_ms or self.max_msgs or self.max_bytes):
             raise InvalidConfig("max_age_ms / max_msgs / max_bytes apply to Limits retention only")
         return replace(

@@ -14,6 +14,7 @@ from lakestack_streams.consumers import Consumers
 from lakestack_streams.errors import InvalidConfig, NoSuchStream, Oversize, StreamExists, SubjectRejected
 from lakestack_streams.events import EventHub
 from lakestack_streams.model import PublishRequest, StreamConfig
+from lakestack_streams.sources import SourceTails
 from lakestack_streams.store import StreamStore
 from lakestack_streams.subjects import SubjectError, SubjectFilter, validate_subject
 
@@ -24,7 +25,13 @@ MUTABLE_FIELDS = ("max_age_ms", "max_msgs", "max_bytes", "max_msg_bytes", "stric
 
 
 class StreamRegistry:
-    def __init__(self, data_dir: Path, sweep_interval_s: float = 5.0, events: EventHub | None = None) -> None:
+    def __init__(
+        self,
+        data_dir: Path,
+        sweep_interval_s: float = 5.0,
+        events: EventHub | None = None,
+        source_retry_s: float = 1.0,
+    ) -> None:
         self.events = events or EventHub()
         self.directory = data_dir / "streams"
         self.sweep_interval_s = sweep_interval_s
@@ -33,6 +40,7 @@ class StreamRegistry:
         self._consumers: dict[str, Consumers] = {}
         self._lifecycle = asyncio.Lock()
         self._sweeper: asyncio.Task[None] | None = None
+        self.sources = SourceTails(self.get, self.publish, source_retry_s)
 
     async def open(self) -> None:
         self.directory.mkdir(parents=True, exist_ok=True)
@@ -45,10 +53,13 @@ class StreamRegistry:
                 path.rename(path.with_suffix(".db.broken"))
                 continue
             self._add(store)
+        for store in self._streams.values():  # once every stream is open, so sources resolve
+            self.sources.start(store)
         self._sweeper = asyncio.create_task(self._sweep_forever(), name="streams-retention-sweep")
         log.info("opened %d streams from %s", len(self._streams), self.directory)
 
     async def close(self) -> None:
+        await self.sources.stop_all()
         if self._sweeper is not None:
             self._sweeper.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -98,15 +109,17 @@ class StreamRegistry:
                 _remove_files(path)  # leftovers of a stream deleted mid-way
             store = await StreamStore.open(path, config)
             self._add(store)
+            self.sources.start(store)
         self.events.emit("stream_created", config.name)
         log.info("created stream %s", config.name, extra={"ephemeral": config.ephemeral})
         return store
 
     async def delete(self, name: str) -> None:
         async with self._lifecycle:
-            store = self._streams.pop(name, None)
-            if store is None:
+            if name not in self._streams:
                 raise NoSuchStream(name)
+            await self.sources.stop(name)
+            store = self._streams.pop(name)
             self._filters.pop(name, None)
             self._consumers.pop(name, None)
             await store.close()

@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
 import sqlite3
@@ -475,11 +476,9 @@ class StreamStore:
                 batch = [(request, future) for request, future in batch if not future.done()]
                 if not batch:
                     continue
-                requests = [request for request, _ in batch]
+                append = functools.partial(Txn.append, requests=[request for request, _ in batch])
                 try:
-                    outcomes = await self._transaction(
-                        lambda txn, requests=requests: txn.append(requests), shielded=False
-                    )
+                    outcomes = await self._transaction(append, shielded=False)
                 except Exception as exc:  # one failed batch must not stop the writer
                     log.exception("stream %s: commit failed", self._config.name)
                     outcomes = [StreamsError(f"commit failed: {exc}")] * len(batch)
@@ -531,6 +530,26 @@ class StreamStore:
     async def set_meta(self, key: str, value: str) -> None:
         """Durably record a small named value beside the stream (e.g. a queue's bounds)."""
         await self._transaction(lambda txn: txn.execute(SET_META, (f"x.{key}", value)))
+
+    async def append(self, requests: Sequence[PublishRequest], meta: dict[str, str]) -> list[int]:
+        """Append ``requests`` and durably record ``meta`` in one transaction, outside the group
+        commit queue; returns the seqs. A source tail stores what it pulled together with how far
+        it got, so a crash can neither lose nor duplicate. Subject and size rules are the
+        caller's; compare-and-set is not supported here."""
+        if self._closed:
+            raise StoreClosed(f"stream {self._config.name!r} is closed")
+
+        def body(txn: Txn) -> list[int | StreamsError]:
+            outcomes = txn.append(requests)
+            for key, value in meta.items():
+                txn.execute(SET_META, (f"x.{key}", value))
+            return outcomes
+
+        seqs = [seq for seq in await self._transaction(body) if isinstance(seq, int)]
+        if seqs:
+            async with self._appended:
+                self._appended.notify_all()
+        return seqs
 
     async def get_meta(self, key: str) -> str | None:
         return await _read_meta(self._reader, f"x.{key}")

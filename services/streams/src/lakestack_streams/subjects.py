@@ -28,6 +28,7 @@ __all__ = [
     "MAX_SUBJECT_LENGTH",
     "SubjectError",
     "SubjectFilter",
+    "SubjectTransform",
     "is_literal",
     "literal_prefix",
     "matches",
@@ -260,3 +261,68 @@ def validate_name(kind: str, name: str) -> None:
     problem = _name_problem(name)
     if problem is not None:
         raise SubjectError(f"invalid {kind} name {_quote(name)}: {problem}")
+
+
+_WILDCARD_REF = re.compile(r"^(?:\{\{\s*wildcard\s*\(\s*(\d+)\s*\)\s*\}\}|\$(\d+))$")
+
+
+class SubjectTransform:
+    """A NATS subject mapping from `source_pattern` to `destination`.
+
+    Destination tokens are literals, `{{wildcard(n)}}` (legacy `$n`: the subject token that
+    matched the n-th `*` of the source, counting from 1) or a final `>` (the tokens the source's
+    `>` matched). Other NATS mapping functions (partition, split, slice, random) are rejected.
+    `apply` returns None for a subject the source pattern does not match.
+    """
+
+    __slots__ = ("_dest", "_source", "destination", "source_pattern")
+
+    def __init__(self, source_pattern: str, destination: str) -> None:
+        source = _check(source_pattern or _TAIL, "transform source pattern", wildcards=True)
+        stars = sum(token == _ONE for token in source)
+        tokens = _check(destination, "transform destination", wildcards=True)
+        compiled: list[str | int] = []
+        for index, token in enumerate(tokens):
+            ref = _WILDCARD_REF.match(token)
+            if ref:
+                n = int(ref.group(1) or ref.group(2))
+                if not 1 <= n <= stars:
+                    raise SubjectError(
+                        f"transform destination {_quote(destination)}: wildcard({n}) refers to a '*' "
+                        f"the source pattern {_quote(source_pattern)} does not have ({stars} of them)"
+                    )
+                compiled.append(n)
+            elif token == _TAIL:
+                if index != len(tokens) - 1 or source[-1] != _TAIL:
+                    raise SubjectError(
+                        f"transform destination {_quote(destination)}: '>' must be its last token and "
+                        "the source pattern must end with '>'"
+                    )
+                compiled.append(0)  # 0: the tokens matched by the source's '>'
+            elif token == _ONE or "{{" in token or "$" in token:
+                raise SubjectError(
+                    f"transform destination {_quote(destination)}: unsupported token {_quote(token)}; "
+                    "use literals, {{wildcard(n)}} / $n, or a final '>'"
+                )
+            else:
+                compiled.append(token)
+        self.source_pattern = source_pattern or _TAIL
+        self.destination = destination
+        self._source = tuple(source)
+        self._dest = tuple(compiled)
+
+    def apply(self, subject: str) -> str | None:
+        tokens = subject.split(_SEP)
+        if not _match_tokens(self._source, tokens):
+            return None
+        stars = [tokens[i] for i, token in enumerate(self._source) if token == _ONE]
+        tail = tokens[len(self._source) - 1 :] if self._source[-1] == _TAIL else []
+        out: list[str] = []
+        for token in self._dest:
+            if isinstance(token, str):
+                out.append(token)
+            elif token == 0:
+                out.extend(tail)
+            else:
+                out.append(stars[token - 1])
+        return _SEP.join(out)

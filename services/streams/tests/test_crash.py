@@ -1,5 +1,6 @@
-"""kill -9 of a real streams server under publish load: nothing acknowledged is lost, seqs stay
-contiguous, and the server carries on from where it was."""
+"""kill -9 of a real streams server under publish and consume load: nothing acknowledged is lost,
+seqs stay contiguous, consumer state resumes (no acked message comes back, every other one is
+delivered), and the server carries on from where it was."""
 
 from __future__ import annotations
 
@@ -37,14 +38,40 @@ async def wait_serving(address: str, process: subprocess.Popen[bytes]) -> None:
     raise AssertionError("not serving")
 
 
-async def hammer_then_kill(address: str, process: subprocess.Popen[bytes]) -> dict[int, bytes]:
+ACK_WAIT_MS = 500  # so deliveries left unacked by the crash come back quickly
+
+
+async def hammer_then_kill(
+    address: str, process: subprocess.Popen[bytes]
+) -> tuple[dict[int, bytes], set[int]]:
+    """Publish from 32 callers while a consumer fetches and acks; SIGKILL mid-load. Returns the
+    acknowledged publishes (seq -> payload) and the seqs whose Ack was acknowledged."""
     acknowledged: dict[int, bytes] = {}
+    acked: set[int] = set()
     enough = asyncio.Event()
     async with StreamsClient.connect(address, max_attempts=1) as client:
         reply = await client.streams.CreateStream(
             pb.CreateStreamRequest(config=pb.StreamConfigPb(name="load"))
         )
         assert reply.success, reply.message
+        consumer = pb.ConsumerConfigPb(name="c", ack_wait_ms=ACK_WAIT_MS, max_deliver=1000)
+        reply = await client.streams.CreateConsumer(pb.CreateConsumerRequest(stream="load", config=consumer))
+        assert reply.success, reply.message
+
+        async def consume() -> None:
+            while True:
+                try:
+                    batch = await client.streams.Fetch(
+                        pb.FetchRequest(stream="load", consumer="c", batch_size=64), timeout=10
+                    )
+                    for message in batch.messages:
+                        ack = await client.streams.Ack(
+                            pb.AckRequest(stream="load", consumer="c", seq=message.seq), timeout=10
+                        )
+                        assert ack.success, ack.message
+                        acked.add(message.seq)
+                except grpc.aio.AioRpcError:
+                    return  # the server died
 
         async def publisher(worker: int) -> None:
             for n in range(1_000_000):
@@ -62,13 +89,38 @@ async def hammer_then_kill(address: str, process: subprocess.Popen[bytes]) -> di
                     enough.set()
 
         workers = [asyncio.create_task(publisher(w)) for w in range(32)]
+        workers.append(asyncio.create_task(consume()))
         await asyncio.wait_for(enough.wait(), 120)
-        os.kill(process.pid, signal.SIGKILL)  # mid-load: publishes are in flight
+        os.kill(process.pid, signal.SIGKILL)  # mid-load: publishes, fetches and acks are in flight
         await asyncio.gather(*workers)
-    return acknowledged
+    assert acked, "the consumer acked nothing before the kill"
+    return acknowledged, acked
 
 
-async def verify(address: str, acknowledged: dict[int, bytes]) -> None:
+async def verify_consumer(client: StreamsClient, last: int, acked: set[int]) -> None:
+    """After the restart the consumer delivers every seq it had not acked, and none it had."""
+    info = await client.streams.GetConsumerInfo(pb.GetConsumerInfoRequest(stream="load", consumer="c"))
+    assert info.success, info.message
+    assert info.consumer.last_delivered >= max(acked)
+    delivered: set[int] = set()
+    deadline = time.monotonic() + 60
+    while delivered | acked != set(range(1, last + 2)):  # + the message published after restart
+        assert time.monotonic() < deadline, (
+            f"missing: {sorted(set(range(1, last + 2)) - delivered - acked)[:10]}"
+        )
+        batch = await client.streams.Fetch(pb.FetchRequest(stream="load", consumer="c", batch_size=256))
+        assert batch.success, batch.message
+        for message in batch.messages:
+            assert message.seq not in acked, f"seq {message.seq} was acked before the crash but came back"
+            delivered.add(message.seq)
+            assert (
+                await client.streams.Ack(pb.AckRequest(stream="load", consumer="c", seq=message.seq))
+            ).success
+        if not batch.messages:
+            await asyncio.sleep(ACK_WAIT_MS / 1000)  # unacked deliveries from before the crash come due
+
+
+async def verify(address: str, acknowledged: dict[int, bytes], acked: set[int]) -> None:
     async with StreamsClient.connect(address, max_attempts=1) as client:
         info = await client.streams.GetStreamInfo(pb.GetStreamInfoRequest(name="load"))
         assert info.success
@@ -87,6 +139,7 @@ async def verify(address: str, acknowledged: dict[int, bytes]) -> None:
             pb.PublishRequest(stream="load", subject="load.0", payload=b"after")
         )
         assert after.success and after.seq == last + 1
+        await verify_consumer(client, last, acked)
 
 
 def test_kill_9_under_load(tmp_path: Path) -> None:
@@ -97,11 +150,11 @@ def test_kill_9_under_load(tmp_path: Path) -> None:
 
     async def scenario() -> None:  # one event loop throughout: grpc.aio binds to its first loop
         await wait_serving(address, servers[0])
-        acknowledged = await hammer_then_kill(address, servers[0])
+        acknowledged, acked = await hammer_then_kill(address, servers[0])
         assert await asyncio.to_thread(servers[0].wait, 10) == -signal.SIGKILL
         servers.append(start(tmp_path / "data", port, log))
         await wait_serving(address, servers[1])
-        await verify(address, acknowledged)
+        await verify(address, acknowledged, acked)
 
     try:
         asyncio.run(scenario())

@@ -11,6 +11,7 @@ import pytest
 from lakestack_common.clients import StreamsClient
 from lakestack_common.testing import channel_to, running
 from lakestack_protos.waymaker.streams import waymaker_streams_pb2 as pb
+from lakestack_streams import consumers
 from lakestack_streams.app import StreamsService
 from lakestack_streams.settings import StreamsSettings
 
@@ -248,6 +249,24 @@ async def test_subscribe_stop_when_empty_and_deleted_consumer(client: StreamsCli
     assert events[-1].WhichOneof("event") == "stopped"
     missing = [e async for e in client.streams.Subscribe(pb.SubscribeRequest(stream="s", consumer="nope"))]
     assert len(missing) == 1 and "no_such_consumer" in missing[0].stopped.reason
+
+
+async def test_idle_subscriber_ends_when_its_consumer_is_deleted(
+    client: StreamsClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # With the safety-net recheck pushed far out, only the deletion itself can wake the subscriber.
+    monkeypatch.setattr(consumers, "IDLE_RECHECK_S", 600.0)
+    await stream(client)
+    await consumer(client)
+    call = client.streams.Subscribe(pb.SubscribeRequest(stream="s", consumer="c"), timeout=120)
+    await publish(client, "a", b"one")
+    first = await call.read()
+    assert first.message.payload == b"one"
+    deleted = await client.streams.DeleteConsumer(pb.DeleteConsumerRequest(stream="s", consumer="c"))
+    assert deleted.success
+    async with asyncio.timeout(20):
+        last = await call.read()
+    assert last.WhichOneof("event") == "stopped" and "no_such_consumer" in last.stopped.reason
 
 
 async def test_consumer_state_survives_restart(tmp_path: Path) -> None:

@@ -38,8 +38,8 @@ DEFAULT_ACK_WAIT_MS = 30_000
 DEFAULT_MAX_DELIVER = 5
 MAX_FETCH_BATCH = 10_000
 SCAN_WINDOW = 1_000
-# Upper bound on one idle wait of a push subscriber: appends and due redeliveries wake it
-# earlier; this only bounds how long a deleted consumer goes unnoticed by an idle subscriber.
+# Upper bound on one idle wait of a push subscriber: appends, due redeliveries and the
+# consumer's deletion wake it earlier; this is only a safety net.
 IDLE_RECHECK_S = 2.0
 
 
@@ -110,6 +110,7 @@ class Consumers:
         self._republish = republish
         self._on_change = on_change  # (created, consumer name)
         self._subscribers: dict[str, int] = {}
+        self._deleted: dict[str, asyncio.Event] = {}  # set when a subscribed consumer is deleted
 
     @contextlib.asynccontextmanager
     async def subscription(self, name: str) -> AsyncIterator[ConsumerState]:
@@ -119,10 +120,14 @@ class Consumers:
         if self._subscribers.get(name) and not state.config.deliver_group:
             raise Busy(f"consumer {name!r} already has a subscriber; give it a deliver_group to share it")
         self._subscribers[name] = self._subscribers.get(name, 0) + 1
+        self._deleted.setdefault(name, asyncio.Event())
         try:
             yield state
         finally:
             self._subscribers[name] -= 1
+            if not self._subscribers[name]:
+                del self._subscribers[name]
+                self._deleted.pop(name, None)
 
     # ---- lifecycle --------------------------------------------------------------------------
 
@@ -151,6 +156,8 @@ class Consumers:
             return ConsumerState(config, cursor, cursor, created, 0, cursor)
 
         state = await self.store.write(create)
+        if (deleted := self._deleted.get(config.name)) is not None and deleted.is_set():
+            self._deleted[config.name] = asyncio.Event()  # re-created: subscribers still bound wait again
         self._on_change(True, config.name)
         return state
 
@@ -161,6 +168,10 @@ class Consumers:
             txn.execute("DELETE FROM consumers WHERE name = ?", (name,))
 
         await self.store.write(delete)
+        deleted = self._deleted.get(name)
+        if deleted is not None:
+            # Wakes idle push subscribers (also one about to wait), which end with NoSuchConsumer.
+            deleted.set()
         self._on_change(False, name)
 
     async def info(self, name: str) -> ConsumerState:
@@ -281,9 +292,19 @@ class Consumers:
                 caught_up = self.store.last_seq
                 due = await self.next_redelivery_ms(name)
                 wait_s = IDLE_RECHECK_S if due is None else min(max(due - now_ms(), 0) / 1000, IDLE_RECHECK_S)
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(wait_s):
-                        await self.store.wait_for_append(caught_up)
+                await self._idle_wait(name, caught_up, wait_s)
+
+    async def _idle_wait(self, name: str, caught_up: int, wait_s: float) -> None:
+        """Until a message after ``caught_up`` is committed, the consumer is deleted, or wait_s."""
+        deleted = self._deleted.get(name)
+        waits = [asyncio.ensure_future(self.store.wait_for_append(caught_up))]
+        if deleted is not None:
+            waits.append(asyncio.ensure_future(deleted.wait()))
+        try:
+            await asyncio.wait(waits, timeout=wait_s, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for waiter in waits:
+                waiter.cancel()
 
     # ---- acknowledgements -------------------------------------------------------------------
 

@@ -129,6 +129,19 @@ async def test_publish_and_subject_rules(client: StreamsClient) -> None:
     assert info.stats.first_block == 1 and info.stats.block_count == 1
 
 
+async def test_message_larger_than_max_bytes_is_refused(client: StreamsClient) -> None:
+    limits = pb.Retention(limits=pb.LimitsRetention(max_bytes=20))
+    await create(client, config("s", retention=limits))
+    assert (await publish(client, "s", "a", b"kept")).success
+    big = await publish(client, "s", "a", b"x" * 20)  # 21 bytes with the subject
+    assert (big.success, big.result_code) == (False, "oversize")
+    assert "max_bytes 20" in big.message
+    info = await client.streams.GetStreamInfo(pb.GetStreamInfoRequest(name="s"))
+    assert (info.stats.last_seq, info.stats.msg_count) == (1, 1)  # nothing evicted, nothing acked-then-lost
+    bad = await create(client, config("t", retention=limits, max_msg_bytes=21))
+    assert (bad.success, bad.result_code) == (False, "invalid_config")
+
+
 async def test_expected_last_seq(client: StreamsClient) -> None:
     await create(client, config("kv"))
     assert (await publish(client, "kv", "k.a", expected_last_seq=0)).seq == 1

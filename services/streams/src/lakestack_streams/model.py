@@ -95,6 +95,10 @@ class StreamConfig:
             raise InvalidConfig("sources: each source stream may be listed once")
         for source in self.sources:
             source.check(self.name)
+        if self.max_bytes and self.max_msg_bytes > self.max_bytes:
+            raise InvalidConfig(
+                f"max_msg_bytes {self.max_msg_bytes} cannot exceed max_bytes {self.max_bytes}"
+            )
         if self.retention != "limits" and (self.max_age_ms or self.max_msgs or self.max_bytes):
             raise InvalidConfig("max_age_ms / max_msgs / max_bytes apply to Limits retention only")
         return replace(
@@ -156,3 +160,7 @@ class PublishRequest:
     headers: Headers = ()
     ts_ms: int = 0  # 0 = wall clock
     expected_last_seq: int | None = None
+
+    @property
+    def size(self) -> int:
+        return message_size(self.subject, self.headers, self.payload)

@@ -157,6 +157,12 @@ class StreamRegistry:
             raise Oversize(
                 f"payload of {len(request.payload)} bytes exceeds max_msg_bytes {limit} of {stream!r}"
             )
+        if store.config.max_bytes and (size := request.size) > store.config.max_bytes:
+            # Storing it would evict it at once (and everything else): refuse instead of acking a loss.
+            raise Oversize(
+                f"message of {size} bytes (subject + headers + payload) exceeds max_bytes "
+                f"{store.config.max_bytes} of {stream!r}"
+            )
         return await store.publish(request)
 
     # ---- retention --------------------------------------------------------------------------

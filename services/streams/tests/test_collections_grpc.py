@@ -85,6 +85,16 @@ async def test_queue(col) -> None:
     assert (await col.QueueLen(pb.QueueLenRequest(bucket="q"))).count == 0
 
 
+async def test_concurrent_pushes_never_overfill(col) -> None:
+    await col.CreateQueue(pb.CreateQueueRequest(name="bounded", max_messages=5))
+    pushes = await asyncio.gather(
+        *(col.QueuePush(pb.QueuePushRequest(bucket="bounded", value=b"%d" % i)) for i in range(40))
+    )
+    assert sum(p.success for p in pushes) == 5
+    assert {p.result_code for p in pushes if not p.success} == {"queue_full"}
+    assert (await col.QueueLen(pb.QueueLenRequest(bucket="bounded"))).count == 5
+
+
 async def test_full_queue_refuses_instead_of_dropping(col) -> None:
     await col.CreateQueue(pb.CreateQueueRequest(name="small", max_messages=2))
     for value in (b"a", b"b"):

@@ -20,7 +20,7 @@ from lakestack_streams.errors import NoSuchStream, StreamExists, StreamsError
 from lakestack_streams.kv import InvalidBucketConfig, NoSuchBucket
 from lakestack_streams.model import Message, PublishRequest, StreamConfig
 from lakestack_streams.registry import StreamRegistry
-from lakestack_streams.store import StreamStore, Txn
+from lakestack_streams.store import Counters, StreamStore, Txn
 from lakestack_streams.subjects import SubjectError, validate_name
 
 Kind = Literal["hash", "set", "queue"]
@@ -138,12 +138,16 @@ class Collections:
         store = self._store("queue", name)
         limits = await store.get_meta("queue_limits") or "0,0"
         max_messages, max_bytes = (int(x) for x in limits.split(","))
-        stats = store.stats()
-        if max_messages and stats.msg_count >= max_messages:
-            raise QueueFull(f"queue {name!r} holds its maximum of {max_messages} items")
-        if max_bytes and stats.bytes + len(value) > max_bytes:
-            raise QueueFull(f"queue {name!r} would exceed its maximum of {max_bytes} bytes")
-        return await self.registry.publish(f"queue:{name}", PublishRequest(QUEUE_SUBJECT, value))
+        request = PublishRequest(QUEUE_SUBJECT, value)
+
+        def room_left(counters: Counters) -> None:  # checked inside the append's transaction
+            if max_messages and counters.msg_count >= max_messages:
+                raise QueueFull(f"queue {name!r} holds its maximum of {max_messages} items")
+            if max_bytes and counters.bytes + request.size > max_bytes:
+                raise QueueFull(f"queue {name!r} would exceed its maximum of {max_bytes} bytes")
+
+        [seq] = await store.append([request], precondition=room_left)
+        return seq
 
     async def pop(self, name: str) -> bytes | None:
         def take_oldest(txn: Txn) -> bytes | None:

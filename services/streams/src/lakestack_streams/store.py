@@ -531,17 +531,25 @@ class StreamStore:
         """Durably record a small named value beside the stream (e.g. a queue's bounds)."""
         await self._transaction(lambda txn: txn.execute(SET_META, (f"x.{key}", value)))
 
-    async def append(self, requests: Sequence[PublishRequest], meta: dict[str, str]) -> list[int]:
+    async def append(
+        self,
+        requests: Sequence[PublishRequest],
+        meta: dict[str, str] | None = None,
+        precondition: Callable[[Counters], None] | None = None,
+    ) -> list[int]:
         """Append ``requests`` and durably record ``meta`` in one transaction, outside the group
-        commit queue; returns the seqs. A source tail stores what it pulled together with how far
-        it got, so a crash can neither lose nor duplicate. Subject and size rules are the
-        caller's; compare-and-set is not supported here."""
+        commit queue; returns the seqs. ``precondition`` sees the counters inside the
+        transaction and raises to refuse (a bounded queue's check-and-push is atomic). A source
+        tail stores what it pulled together with how far it got, so a crash can neither lose nor
+        duplicate. Subject and size rules are the caller's; compare-and-set is not supported."""
         if self._closed:
             raise StoreClosed(f"stream {self._config.name!r} is closed")
 
         def body(txn: Txn) -> list[int | StreamsError]:
+            if precondition is not None:
+                precondition(txn.counters)
             outcomes = txn.append(requests)
-            for key, value in meta.items():
+            for key, value in (meta or {}).items():
                 txn.execute(SET_META, (f"x.{key}", value))
             return outcomes
 

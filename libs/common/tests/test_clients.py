@@ -1,5 +1,6 @@
 """The client channel: UNAVAILABLE is retried transparently, other errors are not."""
 
+import json
 from typing import ClassVar
 
 import grpc
@@ -67,6 +68,18 @@ async def test_retries_give_up_after_max_attempts() -> None:
             await client.teckel.Health(teckel_pb2.HealthRequest())
     assert err.value.code() is grpc.StatusCode.UNAVAILABLE
     assert service.impl.calls == 2
+
+
+def test_streaming_methods_get_no_default_deadline() -> None:
+    config = json.loads(service_config(30))["methodConfig"]
+    default, streaming = config
+    assert default["timeout"] == "30.000s" and "retryPolicy" in default
+    names = {(n["service"], n["method"]) for n in streaming["name"]}
+    assert ("waymaker.streams.WaymakerStreamsService", "Subscribe") in names
+    assert ("core.RPCClient", "Call") in names
+    assert ("waymaker.streams.WaymakerStreamsService", "Publish") not in names
+    assert "timeout" not in streaming and "retryPolicy" in streaming
+    assert len(json.loads(service_config(None))["methodConfig"]) == 1
 
 
 def test_service_config_has_a_deadline_floor() -> None:

@@ -269,6 +269,22 @@ async def test_idle_subscriber_ends_when_its_consumer_is_deleted(
     assert last.WhichOneof("event") == "stopped" and "no_such_consumer" in last.stopped.reason
 
 
+async def test_subscription_outlives_the_channels_unary_deadline(tmp_path: Path) -> None:
+    settings = StreamsSettings(data_dir=tmp_path)
+    async with (
+        running(StreamsService(settings)) as server,
+        StreamsClient(channel_to(server, timeout_s=2)) as c,
+    ):
+        await stream(c)
+        await consumer(c)
+        call = c.streams.Subscribe(pb.SubscribeRequest(stream="s", consumer="c"))
+        await asyncio.sleep(3)  # longer than the 2 s default deadline of the channel's unary calls
+        await publish(c, "a", b"late")
+        event = await call.read()
+        assert event.message.payload == b"late"
+        call.cancel()
+
+
 async def test_consumer_state_survives_restart(tmp_path: Path) -> None:
     settings = StreamsSettings(data_dir=tmp_path)
     async with running(StreamsService(settings)) as server, StreamsClient(channel_to(server)) as c:

@@ -7,6 +7,8 @@
 
 from __future__ import annotations
 
+import functools
+import importlib
 import json
 from collections.abc import Sequence
 from typing import Any, Self
@@ -22,20 +24,54 @@ from lakestack_common import topology
 MIN_CONFIG_TIMEOUT_S = 2.0
 
 
+# Every contract module whose streaming methods must not get the channel's default deadline.
+CONTRACT_MODULES = (
+    "lakestack_protos.lakehouse.lakehouse_pb2",
+    "lakestack_protos.teckel.v1.teckel_pb2",
+    "lakestack_protos.com.rawlabs.protocol.das.v1.services.tables_service_pb2",
+    "lakestack_protos.com.rawlabs.protocol.das.v1.services.functions_service_pb2",
+    "lakestack_protos.core.core_pb2",
+    "lakestack_protos.waymaker.streams.waymaker_streams_pb2",
+    "lakestack_protos.waymaker.streams.kv_pb2",
+    "lakestack_protos.waymaker.streams.collections_pb2",
+)
+
+
+@functools.cache
+def streaming_methods() -> tuple[tuple[str, str], ...]:
+    """(service, method) of every client- or server-streaming RPC of the Lakestack contracts:
+    subscriptions, watches and uploads live as long as they need, not a unary call's deadline."""
+    found = []
+    for module in CONTRACT_MODULES:
+        for service in importlib.import_module(module).DESCRIPTOR.services_by_name.values():
+            found += [
+                (service.full_name, m.name)
+                for m in service.methods
+                if m.client_streaming or m.server_streaming
+            ]
+    return tuple(found)
+
+
 def service_config(timeout_s: float | None, max_attempts: int = 5) -> str:
-    """Every method: a default deadline and transparent retries of UNAVAILABLE with backoff."""
-    method: dict[str, Any] = {"name": [{}]}
-    if timeout_s is not None:
-        method["timeout"] = f"{max(timeout_s, MIN_CONFIG_TIMEOUT_S):.3f}s"
+    """Transparent retries of UNAVAILABLE with backoff on every method, and a default deadline
+    on every method but the streaming ones (``streaming_methods``)."""
+    retry: dict[str, Any] = {}
     if max_attempts > 1:  # gRPC rejects a retry policy with fewer than 2 attempts
-        method["retryPolicy"] = {
+        retry["retryPolicy"] = {
             "maxAttempts": max_attempts,
             "initialBackoff": "0.1s",
             "maxBackoff": "2s",
             "backoffMultiplier": 2,
             "retryableStatusCodes": ["UNAVAILABLE"],
         }
-    return json.dumps({"methodConfig": [method]})
+    default: dict[str, Any] = {"name": [{}], **retry}
+    configs = [default]
+    if timeout_s is not None:
+        default["timeout"] = f"{max(timeout_s, MIN_CONFIG_TIMEOUT_S):.3f}s"
+        # The most specific matching entry wins, so these get the retries and no deadline.
+        streaming = [{"service": service, "method": method} for service, method in streaming_methods()]
+        configs.append({"name": streaming, **retry})
+    return json.dumps({"methodConfig": configs})
 
 
 def _with_header(details: aio.ClientCallDetails, header: tuple[str, str]) -> aio.ClientCallDetails:
@@ -98,8 +134,9 @@ def open_channel(
     tls_ca_file: str | None = None,
     max_message_bytes: int = 64 * 1024 * 1024,
 ) -> aio.Channel:
-    """An asyncio channel to another service. Calls get a ``timeout_s`` deadline (at least 2 s)
-    unless they pass their own ``timeout=``; ``None`` leaves calls without a default deadline."""
+    """An asyncio channel to another service. Unary calls get a ``timeout_s`` deadline (at least
+    2 s; gRPC applies the smaller of it and a call's own ``timeout=``); streaming calls and
+    ``timeout_s=None`` have no default deadline."""
     options: list[tuple[str, Any]] = [
         ("grpc.service_config", service_config(timeout_s, max_attempts)),
         ("grpc.enable_retries", 1),

@@ -196,6 +196,7 @@ class Consumers:
             now = now_ms()
             deliveries: list[Delivery] = []
             dropped = 0
+            changed = False  # an idle poll writes nothing, so its commit costs no fsync
             due = txn.fetchall(
                 "SELECT seq, deliver_count FROM pending WHERE consumer = ? AND eligible_at_ms <= ? "
                 "ORDER BY seq LIMIT ?",
@@ -205,6 +206,7 @@ class Consumers:
                 if len(deliveries) >= batch:
                     break
                 found = txn.messages("seq = ?", (seq,))
+                changed = True
                 if not found or int(count) >= config.max_deliver:
                     txn.execute("DELETE FROM pending WHERE consumer = ? AND seq = ?", (name, seq))
                     if found:
@@ -238,6 +240,8 @@ class Consumers:
                     if len(deliveries) >= batch:
                         break
                 cursor = scanned_to
+            if not changed and not deliveries and cursor == state.cursor:
+                return deliveries
             fresh = [d for d in deliveries if d.deliver_count == 1]
             if fresh:
                 txn.executemany(
@@ -358,11 +362,8 @@ class Consumers:
     async def next_redelivery_ms(self, name: str) -> int | None:
         """When the earliest pending message of ``name`` becomes eligible again (None: nothing pending)."""
 
-        def earliest(txn: Txn) -> int | None:
-            rows = txn.fetchall("SELECT min(eligible_at_ms) FROM pending WHERE consumer = ?", (name,))
-            return int(rows[0][0]) if rows and rows[0][0] is not None else None
-
-        return await self.store.write(earliest)
+        rows = await self.store.select("SELECT min(eligible_at_ms) FROM pending WHERE consumer = ?", (name,))
+        return int(rows[0][0]) if rows and rows[0][0] is not None else None
 
     async def interest_prune(self) -> int:
         """Interest retention: drop the blocks every consumer's ack floor has passed (all of

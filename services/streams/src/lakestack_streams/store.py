@@ -356,6 +356,35 @@ def _read_counters(conn: sqlite3.Connection) -> Counters:
     )
 
 
+class _Queued:
+    def __init__(self) -> None:
+        self.future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+
+    def settle(self, ok: bool, result: Any) -> None:
+        if self.future.done():  # the caller went away
+            return
+        if ok:
+            self.future.set_result(result)
+        else:
+            self.future.set_exception(result)
+
+
+class _Publish(_Queued):
+    def __init__(self, request: PublishRequest) -> None:
+        super().__init__()
+        self.request = request
+
+
+class _Operation(_Queued):
+    def __init__(self, body: Callable[[Txn], Any]) -> None:
+        super().__init__()
+        self.body = body
+
+
+def _append_publishes(txn: Txn, items: list[_Publish | _Operation]) -> list[int | StreamsError]:
+    return txn.append([item.request for item in items if isinstance(item, _Publish)])
+
+
 class StreamStore:
     """The message log of one stream. Create with :meth:`open`; all methods are coroutines.
 
@@ -372,13 +401,13 @@ class StreamStore:
         self._config = config
         self.path = path
         self._state = Counters()  # committed state; replaced whole by each commit
-        self._queue: list[tuple[PublishRequest, asyncio.Future[int]]] = []
+        self._queue: list[_Publish | _Operation] = []
         self._wake = asyncio.Event()
         self._appended = asyncio.Condition()
         self._closed = False
         self._writer: asyncio.Task[None] | None = None
-        self._lock = asyncio.Lock()  # one transaction at a time on the writer connection
-        self.commits = 0  # publish transactions so far (group commit makes this << publishes)
+        self._lock = asyncio.Lock()  # held by the writer while a transaction is open
+        self.commits = 0  # transactions that carried publishes (group commit makes this << publishes)
 
     # ---- lifecycle --------------------------------------------------------------------------
 
@@ -455,16 +484,27 @@ class StreamStore:
         """Blocks are numbered from 1: seqs 1..block_size are block 1."""
         return (seq - 1) // self._config.block_size + 1
 
-    # ---- publish: group commit --------------------------------------------------------------
+    # ---- group commit: every write goes through the writer task ----------------------------
 
     async def publish(self, request: PublishRequest) -> int:
         """Append one message; returns its seq once it is durable. Raises WrongRevision."""
+        return await self._enqueue(_Publish(request))  # type: ignore[no-any-return]
+
+    async def _transaction(self, body: Callable[[Txn], T]) -> T:
+        """Run ``body`` on the writer thread inside the next group commit; its effects are
+        durable when this returns. A body that raises is rolled back alone (a savepoint) and
+        its exception re-raised here; the other operations of the commit are unaffected.
+
+        The operation runs even if the caller is cancelled meanwhile (a client going away
+        cannot leave it half-done); only publishes are dropped when their caller is gone."""
+        return await self._enqueue(_Operation(body))  # type: ignore[no-any-return]
+
+    async def _enqueue(self, item: _Publish | _Operation) -> Any:
         if self._closed:
             raise StoreClosed(f"stream {self._config.name!r} is closed")
-        future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
-        self._queue.append((request, future))
+        self._queue.append(item)
         self._wake.set()
-        return await future
+        return await item.future
 
     async def _write_loop(self) -> None:
         while True:
@@ -473,57 +513,68 @@ class StreamStore:
             while self._queue:
                 batch, self._queue = self._queue[:MAX_BATCH], self._queue[MAX_BATCH:]
                 # A publisher that went away before the commit is neither stored nor acknowledged.
-                batch = [(request, future) for request, future in batch if not future.done()]
-                if not batch:
-                    continue
-                append = functools.partial(Txn.append, requests=[request for request, _ in batch])
-                try:
-                    outcomes = await self._transaction(append, shielded=False)
-                except Exception as exc:  # one failed batch must not stop the writer
-                    log.exception("stream %s: commit failed", self._config.name)
-                    outcomes = [StreamsError(f"commit failed: {exc}")] * len(batch)
-                else:
-                    self.commits += 1
-                for (_, future), outcome in zip(batch, outcomes, strict=True):
-                    if future.done():
-                        continue
-                    if isinstance(outcome, BaseException):
-                        future.set_exception(outcome)
-                    else:
-                        future.set_result(outcome)
-                async with self._appended:
-                    self._appended.notify_all()
+                batch = [item for item in batch if isinstance(item, _Operation) or not item.future.done()]
+                if batch:
+                    await self._commit(batch)
             if self._closed:
                 return
 
-    async def _transaction(self, body: Callable[[Txn], T], *, shielded: bool = True) -> T:
-        """Run ``body`` in one IMMEDIATE transaction on the writer connection's thread (one
-        thread hop for the whole transaction), one transaction at a time.
+    async def _commit(self, batch: list[_Publish | _Operation]) -> None:
+        """One transaction, one fsync, one thread hop for everything queued: runs of consecutive
+        publishes become one append; every other operation runs in its own savepoint."""
+        steps: list[tuple[Callable[[Txn], Any], list[_Publish | _Operation]]] = []
+        for item in batch:
+            if isinstance(item, _Publish) and steps and isinstance(steps[-1][1][0], _Publish):
+                steps[-1][1].append(item)
+            elif isinstance(item, _Publish):
+                group: list[_Publish | _Operation] = [item]  # later publishes join this list
+                steps.append((functools.partial(_append_publishes, items=group), group))
+            else:
+                steps.append((item.body, [item]))
 
-        It runs in its own task, shielded: a caller that is cancelled (a client going away)
-        cannot leave it half-done; it still commits or rolls back, and the in-memory state
-        follows the outcome (the working copy is adopted only after COMMIT)."""
-
-        def run(conn: sqlite3.Connection) -> tuple[T, Counters]:
+        def run(conn: sqlite3.Connection) -> tuple[list[tuple[bool, Any]], Counters]:
             txn = Txn(self, conn, self._state.copy())
+            outcomes: list[tuple[bool, Any]] = []
             conn.execute("BEGIN IMMEDIATE")
             try:
-                result = body(txn)
+                for body, _ in steps:
+                    conn.execute("SAVEPOINT step")
+                    try:
+                        result = body(txn)
+                    except Exception as exc:
+                        conn.execute("ROLLBACK TO step")
+                        txn.counters = _read_counters(conn)  # as they were before this step
+                        outcomes.append((False, exc))
+                    else:
+                        outcomes.append((True, result))
+                    conn.execute("RELEASE step")
                 conn.execute("COMMIT")
             except BaseException:
                 conn.execute("ROLLBACK")
                 raise
-            return result, txn.counters
+            return outcomes, txn.counters
 
-        async def serialised() -> T:
+        published = any(isinstance(items[0], _Publish) for _, items in steps)
+        before = self._state.last_seq
+        try:
             async with self._lock:
-                result, counters = await run_on_connection(self._db, run)
+                outcomes, counters = await run_on_connection(self._db, run)
                 self._state = counters
-                return result
-
-        if not shielded:  # the caller is the writer task, which nothing outside cancels
-            return await serialised()
-        return await asyncio.shield(asyncio.ensure_future(serialised()))
+        except Exception as exc:  # the commit itself failed: nothing of this batch happened
+            log.exception("stream %s: commit failed", self._config.name)
+            failure = StreamsError(f"commit failed: {exc}")
+            outcomes = [(False, failure)] * len(steps)
+        else:
+            self.commits += published
+        for (_, items), (ok, result) in zip(steps, outcomes, strict=True):
+            if isinstance(items[0], _Operation):
+                items[0].settle(ok, result)
+                continue
+            for item, outcome in zip(items, result if ok else [result] * len(items), strict=True):
+                item.settle(not isinstance(outcome, BaseException), outcome)
+        if self._state.last_seq != before:
+            async with self._appended:
+                self._appended.notify_all()
 
     # ---- maintenance ------------------------------------------------------------------------
 
@@ -553,11 +604,7 @@ class StreamStore:
                 txn.execute(SET_META, (f"x.{key}", value))
             return outcomes
 
-        seqs = [seq for seq in await self._transaction(body) if isinstance(seq, int)]
-        if seqs:
-            async with self._appended:
-                self._appended.notify_all()
-        return seqs
+        return [seq for seq in await self._transaction(body) if isinstance(seq, int)]
 
     async def get_meta(self, key: str) -> str | None:
         return await _read_meta(self._reader, f"x.{key}")
@@ -603,6 +650,10 @@ class StreamStore:
                 return list(await cursor.fetchall())
         async with self._reader.execute(sql, params) as cursor:
             return list(await cursor.fetchall())
+
+    async def select(self, sql: str, params: Sequence[object] = ()) -> list[tuple[Any, ...]]:
+        """Rows of a read-only query over committed data (no transaction, no fsync)."""
+        return [tuple(row) for row in await self._fetch(sql, params)]
 
     async def _rows(self, sql: str, params: Sequence[object]) -> list[Message]:
         return [_message(r) for r in await self._fetch(sql, params)]

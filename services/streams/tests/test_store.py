@@ -178,6 +178,14 @@ async def test_last_seq_survives_an_emptied_stream(tmp_path: Path) -> None:
     s = await StreamStore.open(path)
     assert s.stats().msg_count == 0 and s.stats().last_seq == 1
     assert await s.publish(pub("a")) == 2  # seqs are never reused
+    await s.delete_message(2)
+    for _ in range(3):
+        await s.publish(pub("a"))
+    await s.delete_message(5)  # the newest of 3, 4, 5
+    await s.close()
+    s = await StreamStore.open(path)
+    assert (s.stats().msg_count, s.stats().last_seq) == (2, 5)
+    assert await s.publish(pub("a")) == 6
     await s.close()
 
 

@@ -207,7 +207,6 @@ class Txn:
             return outcomes
         self._conn.executemany(INSERT_MESSAGES, rows)
         self._conn.executemany(ADD_TO_BLOCKS, [(b, *k) for b, k in added.items()])
-        self._conn.execute(SET_META, ("last_seq", str(rows[-1][0])))
         for b, (msgs, size, max_ts) in added.items():
             mirror = counters.blocks.get(b, Block(0, 0, 0))
             counters.blocks[b] = Block(mirror.msgs + msgs, mirror.bytes + size, max(mirror.max_ts, max_ts))
@@ -295,11 +294,17 @@ class Txn:
             (c.max_msgs and counters.msg_count > c.max_msgs) or (c.max_bytes and counters.bytes > c.max_bytes)
         )
 
+    def _remember_last_seq(self) -> None:
+        """The highest seq is max(seq) of the messages, except once deletes have removed it: every
+        delete first records it, so seqs are never reused (appends need not write it)."""
+        self._conn.execute(SET_META, ("last_seq", str(self.counters.last_seq)))
+
     def _delete_rows(self, victims: Iterable[tuple[int, int]]) -> int:
         """Delete messages given as (seq, size); keeps blocks and counters in step."""
         victims = list(victims)
         if not victims:
             return 0
+        self._remember_last_seq()
         counters = self.counters
         self._conn.executemany("DELETE FROM messages WHERE seq = ?", [(seq,) for seq, _ in victims])
         per_block: dict[int, list[int]] = defaultdict(lambda: [0, 0])
@@ -326,6 +331,7 @@ class Txn:
     def _drop_block(self, block: int) -> int:
         size = self._store.config.block_size
         mirror = self.counters.blocks.pop(block)
+        self._remember_last_seq()
         self._conn.execute(
             "DELETE FROM messages WHERE seq BETWEEN ? AND ?", ((block - 1) * size + 1, block * size)
         )
@@ -537,17 +543,24 @@ class StreamStore:
             outcomes: list[tuple[bool, Any]] = []
             conn.execute("BEGIN IMMEDIATE")
             try:
-                for body, _ in steps:
-                    conn.execute("SAVEPOINT step")
+                if len(steps) == 1:  # alone in the transaction: a failure rolls back just this step
                     try:
-                        result = body(txn)
+                        outcomes.append((True, steps[0][0](txn)))
                     except Exception as exc:
-                        conn.execute("ROLLBACK TO step")
-                        txn.counters = _read_counters(conn)  # as they were before this step
-                        outcomes.append((False, exc))
-                    else:
-                        outcomes.append((True, result))
-                    conn.execute("RELEASE step")
+                        conn.execute("ROLLBACK")
+                        return [(False, exc)], self._state
+                else:
+                    for body, _ in steps:
+                        conn.execute("SAVEPOINT step")
+                        try:
+                            result = body(txn)
+                        except Exception as exc:
+                            conn.execute("ROLLBACK TO step")
+                            txn.counters = _read_counters(conn)  # as they were before this step
+                            outcomes.append((False, exc))
+                        else:
+                            outcomes.append((True, result))
+                        conn.execute("RELEASE step")
                 conn.execute("COMMIT")
             except BaseException:
                 conn.execute("ROLLBACK")

@@ -1,4 +1,4 @@
-"""Streams: durable Publish against the gRPC echo ceiling and NATS JetStream file storage.
+"""Streams: durable Publish and consumers against the gRPC echo ceiling and NATS JetStream.
 
 Every server runs in its own process on a free loopback port; the clients (grpc.aio, nats-py)
 share one event loop in the benchmark process. Payloads are 128 bytes. Systems:
@@ -22,6 +22,16 @@ the two within one round. After the rounds, the real streams service code runs o
 wrapper (``bench_streams.py serve-streams``: the same ``run_service(StreamsSettings, ...)`` as the
 console script) that records how many transactions the group commit needed.
 
+Consumers (``publish``, ``nats``, ``nats-sync``; fresh server per system and round, order rotated):
+a backlog published by 64 concurrent callers, then each consumer pattern drains all of it on a
+durable consumer of its own: Fetch(256) + Ack each (ours: one Ack RPC per seq, the contract has no
+batch ack) vs ``fetch(256)`` + ``msg.ack()`` / ``ack_sync()``; Subscribe acking each (ours: Ack RPCs
+from 64 workers) vs a push subscription with ``msg.ack()``; and both without acks. Every delivered
+seq is checked (exactly once, all acked). Then publish -> delivery latency: one sequential
+publisher, an idle push subscriber, perf_counter_ns stamps in the payload. Last, the RSS run: 64
+publishers stream 1M messages (``--quick``: 5,000; env BENCH_STREAMS_RSS_MESSAGES) to a never-acking
+push subscriber while the server's VmRSS is sampled every second (ours and ``nats``).
+
     python bench/bench_streams.py serve-streams   # the counting wrapper (env LAKESTACK_STREAMS_*)
 """
 
@@ -38,10 +48,10 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from collections.abc import AsyncGenerator, Awaitable, Callable
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import bench_rpc
 from bench_rpc import Phase, process_cpu_seconds
@@ -53,9 +63,9 @@ from lakestack_protos.waymaker.streams import waymaker_streams_pb2 as spb
 
 NAME = "streams"
 ORDER = 3
-TITLE = "Streams: durable Publish vs the echo ceiling and NATS JetStream"
+TITLE = "Streams: durable Publish and consumers vs the echo ceiling and NATS JetStream"
 SECTION = "streams"  # its own section of RESULTS.md, not a subsection of the foundation one
-SECTION_HEADING = "## Streams: durable Publish, echo ceiling, NATS JetStream"
+SECTION_HEADING = "## Streams: durable Publish and consumers, echo ceiling, NATS JetStream"
 
 HOST = "127.0.0.1"
 PAYLOAD = b"p" * 128
@@ -64,9 +74,19 @@ SUBJECT = "bench.pub"
 CONCURRENCY = 64
 GOAL = 0.8  # the issue's goal: durable Publish >= 0.8 x the echo ceiling, at each concurrency
 CALL_TIMEOUT_S = 30.0
+# Subscribe calls go over a channel without open_channel's default deadline (30 s): gRPC applies
+# the smaller of that and a call's own timeout, so a longer timeout= alone does not help.
+SUBSCRIBE_TIMEOUT_S = 3 * 3600.0
 START_TIMEOUT_S = 60.0
 STOP_TIMEOUT_S = 15.0
 COMMITS_FILE = "bench-commits.txt"
+FETCH_BATCH = 256  # the issue's Fetch(batch 256); also the Subscribe batch_size
+ACK_WINDOW = CONCURRENCY  # a push subscriber's acks in flight (ours: unary Ack RPCs)
+NO_ACK_WAIT_MS = 3_600_000  # ack_wait of our never-acked consumers: no redelivery within a run
+LATENCY_WARMUP = 50  # publish->delivery samples dropped before the measured ones
+RSS_SAMPLE_S = 1.0
+RSS_GOAL_MB = 50.0  # the issue's goal: RSS growth < 50 MB while streaming 1M messages
+RSS_ENV = "BENCH_STREAMS_RSS_MESSAGES"  # overrides the RSS run's message count (full or --quick)
 
 # research/streams.md: §3.3 grpc.aio generic bytes handlers; §3.2 nats-py 2.16.0 + nats-server
 # 2.15.1, file storage. Another 2-core x86 machine, loopback, 128-byte payloads.
@@ -78,6 +98,7 @@ REFERENCE = {
     "js_publish_us": 340.0,
     "js_publish_async_rps": 16984.0,
     "js_fetch_ack_rps": 17473.0,
+    "grpc_stream_rps": 11531.0,
 }
 
 
@@ -94,6 +115,12 @@ class Counts:
     floor_ops: int  # fsync / SQLite commits in the storage-floor measurement
     store_sequential: int  # StreamStore.publish in this process, no gRPC
     store_concurrent: int
+    consume: int  # backlog each Fetch+Ack / Subscribe measurement drains
+    consume_budget_s: float  # per consumer measurement (delivery, then acks settling)
+    latency: int  # publish -> subscriber samples per system and round
+    rss_messages: int  # published (and delivered) while the server's RSS is sampled
+    rss_warmup: int  # published and delivered before the RSS baseline is taken
+    rss_budget_s: float
 
 
 FULL = Counts(
@@ -108,6 +135,12 @@ FULL = Counts(
     floor_ops=500,
     store_sequential=1_000,
     store_concurrent=10_000,
+    consume=5_000,
+    consume_budget_s=90.0,
+    latency=1_000,
+    rss_messages=1_000_000,
+    rss_warmup=5_000,
+    rss_budget_s=1_200.0,
 )
 QUICK = Counts(
     sequential=200,
@@ -121,6 +154,12 @@ QUICK = Counts(
     floor_ops=100,
     store_sequential=100,
     store_concurrent=1_000,
+    consume=1_000,
+    consume_budget_s=20.0,
+    latency=200,
+    rss_messages=5_000,
+    rss_warmup=500,
+    rss_budget_s=60.0,
 )
 
 
@@ -140,6 +179,12 @@ SYSTEMS = (
 )
 SYSTEMS_BY_KEY = {s.key: s for s in SYSTEMS}
 ECHOES = ("echo", "echo-contract")  # long-lived servers; the others start fresh every round
+CONSUMER_SYSTEMS = {  # Fetch+Ack, Subscribe and latency, every round; tags as in SYSTEMS
+    "publish": "lakestack-streams",
+    "nats": "NATS JS file, default sync",
+    "nats-sync": "NATS JS file, sync always",
+}
+RSS_SYSTEMS = ("publish", "nats")  # the RSS run, once each
 PATTERNS = (1, CONCURRENCY)
 
 
@@ -165,14 +210,23 @@ def _venv_binary(name: str) -> str:
     return found
 
 
-def _peak_rss_mib(pid: int) -> float:
+def _status_mib(pid: int, field: str) -> float:
+    """A kB field of /proc/PID/status (VmRSS, VmHWM) in MiB."""
     try:
         for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
+            if line.startswith(f"{field}:"):
                 return int(line.split()[1]) / 1024
     except (OSError, ValueError, IndexError):
         pass
     return math.nan
+
+
+def _peak_rss_mib(pid: int) -> float:
+    return _status_mib(pid, "VmHWM")
+
+
+def _rss_mib(pid: int) -> float:
+    return _status_mib(pid, "VmRSS")
 
 
 class Child:
@@ -347,12 +401,30 @@ async def _wait_serving(child: Child, target: str) -> None:
 # Targets: what a round calls.
 
 Call = Callable[[], Awaitable[Any]]
+AckMode = Literal["confirmed", "posted", "none"]
+
+
+@dataclass(frozen=True)
+class ConsumePattern:
+    """How a durable consumer is read and acknowledged.
+
+    ack: ``confirmed`` = every message acked and the server's answer awaited (our Ack RPC, nats-py
+    ``ack_sync``); ``posted`` = acked without waiting for an answer (nats-py ``msg.ack()``, a
+    fire-and-forget publish); ``none`` = never acked (ours: ack_wait 1 h, so nothing is
+    redelivered; JetStream: AckPolicy none)."""
+
+    key: str
+    push: bool  # Subscribe / push subscription; else Fetch / pull
+    ack: AckMode
+    label: str
 
 
 class Target:
     key: str
     pid: int
     call: Call
+    patterns: tuple[ConsumePattern, ...] = ()  # the Fetch+Ack and Subscribe measurements it runs
+    latency_pattern: ConsumePattern  # the idle subscriber of the publish -> delivery latency
 
     async def open(self) -> None:
         """Start talking to the server (and create the stream); sets ``call``."""
@@ -360,6 +432,15 @@ class Target:
     async def stored(self) -> int:
         """Messages the server holds now (-1: not applicable)."""
         return -1
+
+    async def send(self, payload: bytes) -> None:
+        """Publish one message with this payload (``call`` publishes the fixed ``PAYLOAD``)."""
+        raise NotImplementedError
+
+    async def consumer(self, name: str, pattern: ConsumePattern, new_only: bool = False) -> Consumer:
+        """Create durable consumer ``name`` on the stream (from its first message, or only
+        messages published after this call)."""
+        raise NotImplementedError
 
     async def close(self) -> None:
         pass
@@ -393,12 +474,21 @@ class EchoTarget(Target):
 
 class PublishTarget(Target):
     key = "publish"
+    patterns = (
+        ConsumePattern("fetch", False, "confirmed",
+                       f"Fetch({FETCH_BATCH}) + Ack each (a batch's Acks concurrent, awaited)"),
+        ConsumePattern("subscribe", True, "confirmed",
+                       f"Subscribe(batch {FETCH_BATCH}) + Ack each ({ACK_WINDOW} in flight)"),
+        ConsumePattern("subscribe-none", True, "none", f"Subscribe(batch {FETCH_BATCH}), never acked"),
+    )  # fmt: skip
+    latency_pattern = patterns[1]
 
     def __init__(self, counting: bool = False) -> None:
         self.child, port = start_streams(counting)
         self.pid = self.child.pid
         self.target = f"{HOST}:{port}"
         self.client: StreamsClient | None = None
+        self.subscribe_client: StreamsClient | None = None  # no default deadline (SUBSCRIBE_TIMEOUT_S)
         self.commits: int | None = None
 
     async def open(self) -> None:
@@ -429,9 +519,35 @@ class PublishTarget(Target):
             raise RuntimeError(f"GetStreamInfo: {info.result_code} {info.message}")
         return int(info.stats.msg_count)
 
+    async def send(self, payload: bytes) -> None:
+        assert self.client is not None
+        answer = await self.client.streams.Publish(
+            spb.PublishRequest(stream=STREAM, subject=SUBJECT, payload=payload), timeout=CALL_TIMEOUT_S
+        )
+        if not answer.success:
+            raise RuntimeError(f"Publish: {answer.result_code} {answer.message}")
+
+    async def consumer(self, name: str, pattern: ConsumePattern, new_only: bool = False) -> Consumer:
+        assert self.client is not None
+        stub = self.client.streams
+        config = spb.ConsumerConfigPb(name=name, ack_wait_ms=NO_ACK_WAIT_MS if pattern.ack == "none" else 0)
+        if new_only:
+            info = await stub.GetStreamInfo(spb.GetStreamInfoRequest(name=STREAM), timeout=CALL_TIMEOUT_S)
+            config.delivery_policy.type = spb.DELIVERY_BY_START_SEQ
+            config.delivery_policy.start_seq = info.stats.last_seq + 1
+        reply = await stub.CreateConsumer(
+            spb.CreateConsumerRequest(stream=STREAM, config=config), timeout=CALL_TIMEOUT_S
+        )
+        if not reply.success:
+            raise RuntimeError(f"CreateConsumer: {reply.result_code} {reply.message}")
+        if self.subscribe_client is None:
+            self.subscribe_client = StreamsClient.connect(self.target, timeout_s=None)
+        return OurConsumer(stub, self.subscribe_client.streams, name, pattern)
+
     async def close(self) -> None:
-        if self.client is not None:
-            await self.client.close()
+        for client in (self.client, self.subscribe_client):
+            if client is not None:
+                await client.close()
         await asyncio.to_thread(self.child.stop)
         with contextlib.suppress(OSError, ValueError):
             self.commits = int((self.child.directory / "data" / COMMITS_FILE).read_text())
@@ -439,6 +555,15 @@ class PublishTarget(Target):
 
 
 class NatsTarget(Target):
+    patterns = (
+        ConsumePattern("fetch", False, "posted", f"fetch({FETCH_BATCH}) + msg.ack() each (not awaited)"),
+        ConsumePattern("fetch-confirmed", False, "confirmed",
+                       f"fetch({FETCH_BATCH}) + ack_sync() each (a batch's acks concurrent, awaited)"),
+        ConsumePattern("subscribe", True, "posted", "push subscribe + msg.ack() each (not awaited)"),
+        ConsumePattern("subscribe-none", True, "none", "push subscribe, AckPolicy none"),
+    )  # fmt: skip
+    latency_pattern = patterns[2]
+
     def __init__(self, sync_always: bool) -> None:
         self.key = "nats-sync" if sync_always else "nats"
         self.child, self.port = start_nats(sync_always)
@@ -479,12 +604,231 @@ class NatsTarget(Target):
     async def stored(self) -> int:
         return int((await self.js.stream_info(STREAM)).state.messages)
 
+    async def send(self, payload: bytes) -> None:
+        await self.js.publish(SUBJECT, payload, timeout=CALL_TIMEOUT_S)
+
+    async def consumer(self, name: str, pattern: ConsumePattern, new_only: bool = False) -> Consumer:
+        from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+
+        config = ConsumerConfig(  # ours' defaults (ack_wait 30 s, max_deliver 5), no max_ack_pending
+            durable_name=name,
+            deliver_policy=DeliverPolicy.NEW if new_only else DeliverPolicy.ALL,
+            ack_policy=AckPolicy.NONE if pattern.ack == "none" else AckPolicy.EXPLICIT,
+            ack_wait=30.0,
+            max_deliver=5,
+            max_ack_pending=-1,
+        )
+        if pattern.push:
+            sub = await self.js.subscribe(
+                SUBJECT, durable=name, stream=STREAM, config=config, manual_ack=True
+            )
+        else:
+            sub = await self.js.pull_subscribe(SUBJECT, durable=name, stream=STREAM, config=config)
+        return JsConsumer(self, name, pattern, sub)
+
     async def close(self) -> None:
         if self.nc is not None:
             with contextlib.suppress(Exception):
                 await self.nc.close()
         await asyncio.to_thread(self.child.stop)
         self.child.remove()
+
+
+# ---------------------------------------------------------------------------------------------
+# Consumers: one durable consumer as the measurements read it, ours and JetStream's.
+
+
+class Consumer:
+    """Pull: ``fetch`` then ``ack_batch``. Push: iterate ``messages()`` (in ``contextlib.aclosing``),
+    ``ack_soon`` each. Then ``settle``. Messages are the client's own type (``MessagePb`` / nats
+    ``Msg``); ``seq`` and ``payload`` read them."""
+
+    pattern: ConsumePattern
+
+    async def fetch(self, batch: int) -> list[Any]:
+        raise NotImplementedError
+
+    async def ack_batch(self, messages: list[Any]) -> None:
+        """Acknowledge a fetched batch as the pattern says; returns when the next fetch may go."""
+        raise NotImplementedError
+
+    def messages(self) -> AsyncGenerator[Any, None]:
+        raise NotImplementedError
+
+    async def ack_soon(self, message: Any) -> None:
+        """Start acknowledging a pushed message without waiting for the server."""
+        raise NotImplementedError
+
+    def seq(self, message: Any) -> int:
+        raise NotImplementedError
+
+    def payload(self, message: Any) -> bytes:
+        raise NotImplementedError
+
+    async def settle(self, timeout_s: float) -> bool | None:
+        """Wait until every ack sent has taken effect; True if the server then holds nothing
+        delivered-but-unacked for this consumer (None: the pattern does not ack)."""
+        raise NotImplementedError
+
+    async def close(self) -> None:
+        pass
+
+
+class _AckPool:
+    """Acks queued by a push subscriber, sent by ``width`` workers (each awaits its answer)."""
+
+    def __init__(self, ack: Callable[[int], Awaitable[None]], width: int) -> None:
+        self._ack = ack
+        self._queue: asyncio.Queue[int] = asyncio.Queue()
+        self.failure: BaseException | None = None
+        self._workers = [asyncio.create_task(self._work()) for _ in range(width)]
+
+    def put(self, seq: int) -> None:
+        self._queue.put_nowait(seq)
+
+    async def _work(self) -> None:
+        while True:
+            seq = await self._queue.get()
+            try:
+                await self._ack(seq)
+            except Exception as exc:  # keep draining: join() must return; settle reports it
+                self.failure = self.failure or exc
+            finally:
+                self._queue.task_done()
+
+    async def join(self) -> None:
+        await self._queue.join()
+        if self.failure is not None:
+            raise RuntimeError(f"Ack failed: {self.failure!r}") from self.failure
+
+    async def close(self) -> None:
+        for worker in self._workers:
+            worker.cancel()
+        await asyncio.gather(*self._workers, return_exceptions=True)
+
+
+class OurConsumer(Consumer):
+    """Fetch / Subscribe / Ack / GetConsumerInfo of the streams contract. Ack takes one seq."""
+
+    def __init__(self, stub: Any, subscribe_stub: Any, name: str, pattern: ConsumePattern) -> None:
+        self.stub = stub
+        self.subscribe_stub = subscribe_stub  # on a channel without a default deadline
+        self.name = name
+        self.pattern = pattern
+        self.not_pending = 0  # acks the server answered "was not pending" (a double delivery)
+        self._acks = _AckPool(self._ack, ACK_WINDOW) if pattern.push and pattern.ack != "none" else None
+
+    async def _ack(self, seq: int) -> None:
+        answer = await self.stub.Ack(
+            spb.AckRequest(stream=STREAM, consumer=self.name, seq=seq), timeout=CALL_TIMEOUT_S
+        )
+        if not answer.success:
+            raise RuntimeError(f"Ack: {answer.result_code} {answer.message}")
+        if answer.message:
+            self.not_pending += 1
+
+    async def fetch(self, batch: int) -> list[Any]:
+        answer = await self.stub.Fetch(
+            spb.FetchRequest(stream=STREAM, consumer=self.name, batch_size=batch), timeout=CALL_TIMEOUT_S
+        )
+        if not answer.success:
+            raise RuntimeError(f"Fetch: {answer.result_code} {answer.message}")
+        return list(answer.messages)
+
+    async def ack_batch(self, messages: list[Any]) -> None:
+        await asyncio.gather(*(self._ack(m.seq) for m in messages))
+
+    async def messages(self) -> AsyncGenerator[Any, None]:
+        call = self.subscribe_stub.Subscribe(
+            spb.SubscribeRequest(stream=STREAM, consumer=self.name, batch_size=FETCH_BATCH),
+            timeout=SUBSCRIBE_TIMEOUT_S,
+        )
+        try:
+            async for event in call:
+                if not event.HasField("message"):
+                    raise RuntimeError(f"Subscribe stopped: {event.stopped.reason}")
+                yield event.message
+        finally:
+            call.cancel()
+
+    async def ack_soon(self, message: Any) -> None:
+        assert self._acks is not None
+        self._acks.put(message.seq)
+
+    def seq(self, message: Any) -> int:
+        return int(message.seq)
+
+    def payload(self, message: Any) -> bytes:
+        return bytes(message.payload)
+
+    async def settle(self, timeout_s: float) -> bool | None:
+        if self.pattern.ack == "none":
+            return None
+        if self._acks is not None:
+            try:
+                async with asyncio.timeout(timeout_s):
+                    await self._acks.join()
+            except TimeoutError:
+                return False
+        info = await self.stub.GetConsumerInfo(
+            spb.GetConsumerInfoRequest(stream=STREAM, consumer=self.name), timeout=CALL_TIMEOUT_S
+        )
+        if not info.success:
+            raise RuntimeError(f"GetConsumerInfo: {info.result_code} {info.message}")
+        # ack_floor: just below the oldest pending seq, or last_delivered when nothing is pending
+        return info.consumer.ack_floor == info.consumer.last_delivered and not self.not_pending
+
+    async def close(self) -> None:
+        if self._acks is not None:
+            await self._acks.close()
+
+
+class JsConsumer(Consumer):
+    """A nats-py pull or push subscription bound to a durable JetStream consumer."""
+
+    def __init__(self, target: NatsTarget, name: str, pattern: ConsumePattern, sub: Any) -> None:
+        self.target = target
+        self.name = name
+        self.pattern = pattern
+        self.sub = sub
+
+    async def fetch(self, batch: int) -> list[Any]:
+        return list(await self.sub.fetch(batch, timeout=CALL_TIMEOUT_S))
+
+    async def ack_batch(self, messages: list[Any]) -> None:
+        if self.pattern.ack == "confirmed":
+            await asyncio.gather(*(m.ack_sync(timeout=CALL_TIMEOUT_S) for m in messages))
+        else:
+            for m in messages:
+                await m.ack()
+
+    async def messages(self) -> AsyncGenerator[Any, None]:
+        async for message in self.sub.messages:
+            yield message
+
+    async def ack_soon(self, message: Any) -> None:
+        await message.ack()  # buffered publish to the reply subject: returns without a round trip
+
+    def seq(self, message: Any) -> int:
+        return int(message.metadata.sequence.stream)
+
+    def payload(self, message: Any) -> bytes:
+        return bytes(message.data)
+
+    async def settle(self, timeout_s: float) -> bool | None:
+        if self.pattern.ack == "none":
+            return None
+        await self.target.nc.flush()  # posted acks are on the wire; the server applies them soon after
+        deadline = Deadline(timeout_s)
+        while True:
+            info = await self.target.js.consumer_info(STREAM, self.name)
+            if info.num_ack_pending == 0 or deadline.expired():
+                return info.num_ack_pending == 0 and info.num_redelivered == 0
+            await asyncio.sleep(0.005)
+
+    async def close(self) -> None:
+        with contextlib.suppress(Exception):
+            await self.sub.unsubscribe()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -602,7 +946,7 @@ async def _round_for(
         phases = {c: await _measure(echo, c, counts.sequential if c == 1 else counts.concurrent, budget)
                   for c in PATTERNS}  # fmt: skip
         return Result(phases, echo.peak_rss_mib())
-    target = PublishTarget() if system.key == "publish" else NatsTarget(system.key == "nats-sync")
+    target = _fresh_target(system.key)
     try:
         await target.open()
         warm = await _warm_up(target, counts)
@@ -632,6 +976,314 @@ async def _commit_probe(callers: int, n: int, counts: Counts) -> Probe:
     finally:
         await target.close()
     return Probe(callers, phase.calls, target.commits, phase.rate)
+
+
+# ---------------------------------------------------------------------------------------------
+# Consumer measurements: Fetch+Ack, Subscribe, publish -> delivery latency, RSS while streaming.
+
+
+def _fresh_target(key: str) -> Target:
+    """A new server with an empty data dir: ours ("publish") or nats-server."""
+    return PublishTarget() if key == "publish" else NatsTarget(key == "nats-sync")
+
+
+def _pattern(target: Target, key: str) -> ConsumePattern:
+    return next(p for p in target.patterns if p.key == key)
+
+
+def _stamped() -> bytes:
+    """A PAYLOAD-sized payload that starts with the send time (perf_counter_ns, this process)."""
+    return time.perf_counter_ns().to_bytes(8, "little") + PAYLOAD[8:]
+
+
+class Seen:
+    """Delivered stream seqs: distinct ones and repeats (one byte per seq)."""
+
+    def __init__(self) -> None:
+        self._marks = bytearray()
+        self.distinct = 0
+        self.duplicates = 0
+
+    def add(self, seq: int) -> None:
+        if seq >= len(self._marks):
+            self._marks.extend(bytes(max(seq + 1 - len(self._marks), len(self._marks))))
+        if self._marks[seq]:
+            self.duplicates += 1
+        else:
+            self._marks[seq] = 1
+            self.distinct += 1
+
+
+@dataclass
+class Consumed(Phase):
+    """One consumer measurement. ``calls`` = deliveries; ``seconds`` = until the last expected one
+    arrived (for a pull loop: with its batch's acks answered when they are awaited); CPU (server:
+    all threads; client: this process) until the acks settled."""
+
+    expected: int = 0
+    distinct: int = 0
+    duplicates: int = 0
+    all_acked: bool | None = None  # None: the pattern does not ack
+    settled_s: float = math.nan  # until every ack had taken effect at the server
+
+    @property
+    def acked_rate(self) -> float:
+        if self.all_acked is None or self.settled_s <= 0:
+            return math.nan
+        return self.distinct / self.settled_s
+
+    @property
+    def exactly_once(self) -> bool:
+        return self.distinct == self.expected and not self.duplicates and self.all_acked is not False
+
+
+class _Usage:
+    """Wall clock, the server's CPU (all threads) and this process's CPU since it was made."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.server0 = process_cpu_seconds(pid)
+        self.client0 = time.process_time()
+        self.t0 = time.perf_counter()
+
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.t0
+
+    def consumed(
+        self,
+        seen: Seen,
+        expected: int,
+        seconds: float,
+        truncated: bool,
+        all_acked: bool | None,
+        latencies: list[float] | None = None,
+        skipped: int = 0,  # warm-up deliveries in ``seen`` that are not part of the measurement
+    ) -> Consumed:
+        return Consumed(
+            seen.distinct + seen.duplicates - skipped,
+            seconds,
+            process_cpu_seconds(self.pid) - self.server0,
+            time.process_time() - self.client0,
+            latencies,
+            truncated,
+            expected=expected,
+            distinct=seen.distinct - skipped,
+            duplicates=seen.duplicates,
+            all_acked=all_acked,
+            settled_s=self.elapsed(),
+        )
+
+
+class _Inbox:
+    """Reads a push consumer in a task: records each delivery's seq, hands its payload to
+    ``on_payload``, acks it (``ack_soon``) unless the pattern never acks; ``wait_for`` a count."""
+
+    def __init__(self, consumer: Consumer, on_payload: Callable[[bytes], None] | None = None) -> None:
+        self.consumer = consumer
+        self.on_payload = on_payload
+        self.seen = Seen()
+        self._want = math.inf
+        self._reached = asyncio.Event()
+        self._failure: BaseException | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    async def __aenter__(self) -> _Inbox:
+        self._task = asyncio.create_task(self._run())
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self._task is not None
+        self._task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._task
+
+    async def _run(self) -> None:
+        consumer, ack = self.consumer, self.consumer.pattern.ack != "none"
+        try:
+            async with contextlib.aclosing(consumer.messages()) as messages:
+                async for message in messages:
+                    self.seen.add(consumer.seq(message))
+                    if self.on_payload is not None:
+                        self.on_payload(consumer.payload(message))
+                    if ack:
+                        await consumer.ack_soon(message)
+                    if self.seen.distinct >= self._want:
+                        self._reached.set()
+        except Exception as exc:
+            self._failure = exc
+            self._reached.set()
+
+    async def wait_for(self, count: int, timeout_s: float) -> bool:
+        """Until ``count`` distinct seqs arrived (True) or ``timeout_s`` passed (False)."""
+        self._want = count
+        self._reached.clear()
+        if self.seen.distinct < count:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(timeout_s):
+                    await self._reached.wait()
+        if self._failure is not None:
+            raise RuntimeError(f"subscriber failed: {self._failure!r}") from self._failure
+        return self.seen.distinct >= count
+
+
+async def _fetch_ack(target: Target, pattern: ConsumePattern, n: int, budget_s: float) -> Consumed:
+    """Drain an ``n``-message backlog with a pull consumer: fetch a batch, ack it, repeat."""
+    consumer = await target.consumer(pattern.key, pattern)
+    try:
+        seen, deadline, usage = Seen(), Deadline(budget_s), _Usage(target.pid)
+        while seen.distinct < n and not deadline.expired():
+            messages = await consumer.fetch(FETCH_BATCH)
+            for message in messages:
+                seen.add(consumer.seq(message))
+            await consumer.ack_batch(messages)
+        delivered_s = usage.elapsed()
+        all_acked = await consumer.settle(max(deadline.remaining(), 5.0))
+    finally:
+        await consumer.close()
+    return usage.consumed(seen, n, delivered_s, seen.distinct < n, all_acked)
+
+
+async def _subscribe(target: Target, pattern: ConsumePattern, n: int, budget_s: float) -> Consumed:
+    """Drain an ``n``-message backlog through a push subscription, acking each as it arrives."""
+    consumer = await target.consumer(pattern.key, pattern)
+    try:
+        deadline, usage = Deadline(budget_s), _Usage(target.pid)
+        async with _Inbox(consumer) as inbox:
+            complete = await inbox.wait_for(n, budget_s)
+            delivered_s = usage.elapsed()
+        all_acked = await consumer.settle(max(deadline.remaining(), 5.0))
+    finally:
+        await consumer.close()
+    return usage.consumed(inbox.seen, n, delivered_s, not complete, all_acked)
+
+
+async def _latency(target: Target, n: int, budget_s: float) -> Consumed:
+    """Publish -> delivery: an idle push subscriber (new messages only, acking as its system
+    does), one publisher sending ``n`` stamped messages one after another."""
+    consumer = await target.consumer("latency", target.latency_pattern, new_only=True)
+    latencies: list[float] = []
+
+    def record(payload: bytes) -> None:
+        latencies.append((time.perf_counter_ns() - int.from_bytes(payload[:8], "little")) / 1e9)
+
+    try:
+        async with _Inbox(consumer, record) as inbox:
+            for _ in range(LATENCY_WARMUP):  # also proves the subscription is live
+                await target.send(_stamped())
+            if not await inbox.wait_for(LATENCY_WARMUP, START_TIMEOUT_S):
+                raise RuntimeError(f"{target.key}: the latency subscriber received nothing")
+            latencies.clear()
+            deadline, usage, sent = Deadline(budget_s), _Usage(target.pid), 0
+            while sent < n and not deadline.expired():
+                await target.send(_stamped())
+                sent += 1
+            complete = await inbox.wait_for(LATENCY_WARMUP + sent, CALL_TIMEOUT_S)
+            delivered_s = usage.elapsed()
+        all_acked = await consumer.settle(max(deadline.remaining(), 5.0))
+    finally:
+        await consumer.close()
+    return usage.consumed(
+        inbox.seen, n, delivered_s, sent < n or not complete, all_acked, sorted(latencies), LATENCY_WARMUP
+    )
+
+
+async def _consumer_round(key: str, counts: Counts) -> dict[str, Consumed]:
+    """One system, one round: a fresh server, a backlog of ``counts.consume`` messages (64
+    concurrent publishers), then each of its patterns on its own durable consumer of that backlog,
+    then the latency measurement."""
+    target = _fresh_target(key)
+    try:
+        await target.open()
+        preloaded, _ = await _concurrent(target.call, counts.consume, counts.consume_budget_s, CONCURRENCY)
+        if len(preloaded) < counts.consume:
+            raise RuntimeError(f"{key}: only {len(preloaded)} of {counts.consume} preloaded in time")
+        results = {}
+        for pattern in target.patterns:
+            measure = _subscribe if pattern.push else _fetch_ack
+            results[pattern.key] = await measure(target, pattern, counts.consume, counts.consume_budget_s)
+        results["latency"] = await _latency(target, counts.latency, counts.consume_budget_s)
+    finally:
+        await target.close()
+    return results
+
+
+@dataclass
+class RssRun:
+    key: str
+    published: int  # after the warm-up
+    delivered: int  # distinct seqs the subscriber received after the warm-up
+    duplicates: int
+    seconds: float  # from the first measured publish until the subscriber had them all
+    start_mib: float  # VmRSS after the warm-up
+    peak_mib: float  # the highest VmRSS sample
+    end_mib: float
+    samples: int
+    truncated: bool
+
+    @property
+    def growth_mib(self) -> float:
+        return self.peak_mib - self.start_mib
+
+    @property
+    def rate(self) -> float:
+        return self.delivered / self.seconds if self.seconds > 0 else math.nan
+
+
+async def _rss_streaming(
+    key: str, n: int, counts: Counts, progress: Callable[[str], None]
+) -> RssRun:  # a fresh server; its RSS while n messages go through publish -> subscriber
+    """64 concurrent publishers send ``n`` messages while a push subscriber (never acking) reads
+    them; the server's VmRSS is sampled every second from the end of the warm-up."""
+    target = _fresh_target(key)
+    samples: list[float] = []
+    try:
+        await target.open()
+        consumer = await target.consumer("rss", _pattern(target, "subscribe-none"))
+        try:
+            async with _Inbox(consumer) as inbox:
+                warm, _ = await _concurrent(target.call, counts.rss_warmup, counts.rss_budget_s, CONCURRENCY)
+                if not await inbox.wait_for(len(warm), START_TIMEOUT_S):
+                    raise RuntimeError(f"{key}: the RSS subscriber did not receive the warm-up")
+                start_mib, started = _rss_mib(target.pid), time.perf_counter()
+
+                async def sample() -> None:
+                    next_report = started + 60
+                    while True:
+                        samples.append(_rss_mib(target.pid))
+                        if time.perf_counter() >= next_report:
+                            next_report += 60
+                            progress(
+                                f"streams RSS run {key}: {inbox.seen.distinct - len(warm):,}/{n:,} "
+                                f"delivered, RSS {samples[-1]:.0f} MiB (start {start_mib:.0f}), "
+                                f"{time.perf_counter() - started:.0f} s"
+                            )
+                        await asyncio.sleep(RSS_SAMPLE_S)
+
+                sampler = asyncio.create_task(sample())
+                try:
+                    published, _ = await _concurrent(target.call, n, counts.rss_budget_s, CONCURRENCY)
+                    complete = await inbox.wait_for(len(warm) + len(published), 2 * CALL_TIMEOUT_S)
+                    seconds = time.perf_counter() - started
+                finally:
+                    sampler.cancel()
+                end_mib = _rss_mib(target.pid)
+                seen = inbox.seen
+        finally:
+            await consumer.close()
+    finally:
+        await target.close()
+    return RssRun(
+        key,
+        len(published),
+        seen.distinct - len(warm),
+        seen.duplicates,
+        seconds,
+        start_mib,
+        max([*samples, end_mib]),
+        end_mib,
+        len(samples),
+        len(published) < n or not complete,
+    )
 
 
 def _storage_floor(counts: Counts) -> dict[str, float]:
@@ -710,6 +1362,8 @@ class Run:
     probes: list[Probe] = field(default_factory=list)
     floor: dict[str, float] = field(default_factory=dict)
     store_only: list[StoreOnly] = field(default_factory=list)
+    consumers: list[dict[str, dict[str, Consumed]]] = field(default_factory=list)  # round, system, pattern
+    rss: list[RssRun] = field(default_factory=list)
 
 
 def _fmt_round(result: dict[str, Result]) -> str:
@@ -748,6 +1402,31 @@ async def _run(server: bench_rpc.ServerProcess, counts: Counts, progress: Callab
         progress(
             f"streams commit probe c={callers}: {probe.publishes:,} publishes, {probe.commits} commits, "
             f"{probe.rate:,.0f} msg/s"
+        )
+    consumer_keys = list(CONSUMER_SYSTEMS)
+    for round_no in range(counts.rounds):
+        shift = round_no % len(consumer_keys)
+        consumed: dict[str, dict[str, Consumed]] = {}
+        for key in consumer_keys[shift:] + consumer_keys[:shift]:
+            consumed[key] = await _consumer_round(key, counts)
+        run.consumers.append(consumed)
+        progress(
+            f"streams consumers round {round_no + 1}/{counts.rounds} (msg/s Fetch+Ack, Subscribe with acks; "
+            "latency p50 µs): "
+            + ", ".join(
+                f"{SYSTEMS_BY_KEY[k].tag} {r['fetch'].rate:,.0f}/{r['subscribe'].rate:,.0f}"
+                f"/{percentile(r['latency'].latencies or [], 50) * 1e6:,.0f}"
+                for k, r in consumed.items()
+            )
+        )
+    for key in RSS_SYSTEMS:
+        progress(f"streams RSS run {key}: {counts.rss_messages:,} messages ...")
+        rss = await _rss_streaming(key, counts.rss_messages, counts, progress)
+        run.rss.append(rss)
+        progress(
+            f"streams RSS run {key}: {rss.delivered:,} delivered in {rss.seconds:,.0f} s "
+            f"({rss.rate:,.0f} msg/s), RSS {rss.start_mib:.0f} -> peak {rss.peak_mib:.0f} -> end "
+            f"{rss.end_mib:.0f} MiB"
         )
     return run
 
@@ -799,6 +1478,155 @@ def _method_counts() -> tuple[int, int]:
         + methods(collections_pb2, "WaymakerCollectionsService")
     )
     return echo, contract
+
+
+def _consumed(run: Run, key: str, pattern: str) -> list[Consumed]:
+    return [r[key][pattern] for r in run.consumers if key in r and pattern in r[key]]
+
+
+def _check(results: list[Consumed]) -> str:
+    """Exactly-once verdict over rounds: every expected seq delivered once, all acks applied."""
+    bad = [c for c in results if not c.exactly_once]
+    if not results:
+        return "n/a"
+    if not bad:
+        return f"yes ({results[0].expected:,}" + (", all acked)" if results[0].all_acked is not None else ")")
+    c = bad[0]  # the first failing round speaks for the rest
+    return (
+        f"NO in {len(bad)}/{len(results)} rounds: {c.distinct:,}/{c.expected:,} distinct, {c.duplicates} "
+        f"repeats, all acked {c.all_acked}" + (" (stopped by the time budget)" if c.truncated else "")
+    )
+
+
+def _consumer_tables(run: Run, counts: Counts) -> tuple[list[Table], list[str]]:
+    """The consumer goal table, the consumer table, the RSS table, and the goal summary lines."""
+    n = len(run.consumers)
+    targets: dict[str, type[Target]] = {"publish": PublishTarget, "nats": NatsTarget, "nats-sync": NatsTarget}
+    consumers = Table(
+        f"Consumers: Fetch+Ack, Subscribe, publish -> delivery latency (msg/s and CPU: median of {n} "
+        f"rounds; latency: all samples of all rounds pooled; a {counts.consume:,}-message backlog per "
+        "consumer, 128 B)",
+        ["", "system", "consumer, acks", "msg/s", "all acked msg/s", "p50 µs", "p99 µs",
+         "server CPU µs/msg", "client CPU µs/msg", "exactly once"],
+        [],
+    )  # fmt: skip
+    for key in CONSUMER_SYSTEMS:
+        target = targets[key]
+        latency_label = (
+            "publish -> delivery latency, 1 publisher, idle subscriber acking as "
+            f"{target.latency_pattern.key} (msg/s: publishes)"
+        )
+        for pattern, label in [*((p.key, p.label) for p in target.patterns), ("latency", latency_label)]:
+            results = _consumed(run, key, pattern)
+            if not results:
+                continue
+            pooled = sorted(lat for c in results for lat in (c.latencies or []))
+            consumers.rows.append(
+                [
+                    f"{SYSTEMS_BY_KEY[key].tag}/{pattern}",
+                    CONSUMER_SYSTEMS[key],
+                    label,
+                    fmt_int(median([c.rate for c in results])),
+                    fmt_int(median([c.acked_rate for c in results])),
+                    fmt_int(percentile(pooled, 50) * 1e6) if pooled else "-",
+                    fmt_int(percentile(pooled, 99) * 1e6) if pooled else "-",
+                    fmt_int(median([c.server_us_per_call for c in results])),
+                    fmt_int(median([c.client_us_per_call for c in results])),
+                    _check(results),
+                ]
+            )
+    consumers.rows += [
+        ["ref", "§3.2 nats-py, other 2-core machine", "pull_subscribe + fetch(500) + msg.ack() each",
+         fmt_int(REFERENCE["js_fetch_ack_rps"]), *["-"] * 6],
+        ["ref", "§3.3 raw grpc.aio, other 2-core machine", "one server-streaming call, 20k messages",
+         fmt_int(REFERENCE["grpc_stream_rps"]), *["-"] * 6],
+    ]  # fmt: skip
+
+    def paired(ours: str, theirs_key: str, theirs: str, acked: bool = False) -> list[float]:
+        """Per round: our rate / JetStream's, both from that round."""
+        out = []
+        for r in run.consumers:
+            if "publish" in r and theirs_key in r:
+                a, b = r["publish"][ours], r[theirs_key][theirs]
+                num, den = (a.acked_rate, b.acked_rate) if acked else (a.rate, b.rate)
+                if den > 0:
+                    out.append(num / den)
+        return out
+
+    goal = Table(
+        "Goal: consumer delivery >= JetStream through nats-py (median of per-round ratios, min..max); "
+        f"RSS growth < {RSS_GOAL_MB:.0f} MB",
+        ["goal", "ours", "JetStream", "ours / JetStream", "met"],
+        [],
+    )
+    lines = []
+    comparisons = [  # (short name, row label, our pattern, JetStream system and pattern, all-acked rate)
+        ("Fetch+Ack", "Fetch(256)+Ack msg/s vs fetch(256) + msg.ack() (c/fetch)",
+         "fetch", "nats", "fetch", False),
+        ("Fetch+Ack like-for-like", "Fetch(256)+Ack msg/s vs fetch(256) + ack_sync(), fsync always "
+         "(c2/fetch-confirmed: acks awaited, every message fsynced on both sides)",
+         "fetch", "nats-sync", "fetch-confirmed", False),
+        ("Subscribe", "Subscribe delivery msg/s, acking each, vs push + msg.ack() (c/subscribe)",
+         "subscribe", "nats", "subscribe", False),
+        ("Subscribe until all acked", "Subscribe msg/s until every ack applied, vs c/subscribe",
+         "subscribe", "nats", "subscribe", True),
+        ("Subscribe without acks", "Subscribe delivery msg/s, no acks, vs push with AckPolicy none "
+         "(c/subscribe-none)", "subscribe-none", "nats", "subscribe-none", False),
+    ]  # fmt: skip
+    for name, label, ours, theirs_key, theirs, acked in comparisons:
+        ratios = paired(ours, theirs_key, theirs, acked)
+        if not ratios:
+            continue
+
+        def rate(key: str, pattern: str, acked: bool = acked) -> str:
+            return fmt_int(median([c.acked_rate if acked else c.rate for c in _consumed(run, key, pattern)]))
+
+        ratio = median(ratios)
+        met = "met" if ratio >= 1 else "NOT met"
+        if min(ratios) < 1 <= max(ratios):
+            met += " (rounds disagree)"
+        goal.rows.append(
+            [label, rate("publish", ours), rate(theirs_key, theirs), f"{ratio:.2f} ({_range(ratios)})", met]
+        )
+        lines.append(f"{name} {ratio:.2f}x JetStream, {met}")
+
+    rss_table = Table(
+        f"RSS of the server process while streaming (VmRSS sampled every {RSS_SAMPLE_S:.0f} s, from the end "
+        f"of a {counts.rss_warmup:,}-message warm-up)",
+        ["system", "messages", "seconds", "msg/s", "RSS start MiB", "peak MiB", "end MiB",
+         "growth MiB (peak - start)", f"goal: growth < {RSS_GOAL_MB:.0f} MB"],
+        [],
+    )  # fmt: skip
+    for rss in run.rss:
+        growth_mb = rss.growth_mib * 2**20 / 1e6
+        met = ("met" if growth_mb < RSS_GOAL_MB else "NOT met") if rss.key == "publish" else "-"
+        if rss.truncated or rss.delivered != rss.published or rss.duplicates:
+            met += f" (only {rss.delivered:,} of {counts.rss_messages:,} delivered, {rss.duplicates} repeats)"
+        rss_table.rows.append(
+            [
+                CONSUMER_SYSTEMS[rss.key],
+                f"{rss.delivered:,}",
+                fmt_int(rss.seconds),
+                fmt_int(rss.rate),
+                fmt_num(rss.start_mib, 0),
+                fmt_num(rss.peak_mib, 0),
+                fmt_num(rss.end_mib, 0),
+                f"{rss.growth_mib:+.1f} ({growth_mb:+.1f} MB)",
+                met,
+            ]
+        )
+        if rss.key == "publish":
+            goal.rows.append(
+                [
+                    f"RSS growth streaming {rss.delivered:,} messages (publish -> subscriber)",
+                    f"{growth_mb:+.1f} MB",
+                    "-",
+                    "-",
+                    met,
+                ]
+            )
+            lines.append(f"RSS growth over {rss.delivered:,} messages: {growth_mb:+.1f} MB, {met}")
+    return [goal, consumers, rss_table], lines
 
 
 def _report(run: Run, counts: Counts) -> Report:
@@ -853,14 +1681,6 @@ def _report(run: Run, counts: Counts) -> Report:
          f"{ref['js_publish_us']:.0f} (mean)", *dash],
         ["ref", "§3.2 js.publish_async, file", "window 500", fmt_int(ref["js_publish_async_rps"]), "-",
          *dash],
-        ["ref", "§3.2 JS fetch(500) + ack each", "1", fmt_int(ref["js_fetch_ack_rps"]), "-", *dash],
-    ]  # fmt: skip
-    todo = "TODO"
-    throughput.rows += [
-        ["todo", "Fetch + Ack (UNIMPLEMENTED)", "1 / 64", todo, todo, todo, todo, todo, todo, todo],
-        ["todo", "Subscribe (UNIMPLEMENTED)", "1 / 64", todo, todo, todo, todo, todo, todo, todo],
-        ["todo", "latency Publish -> delivery", "1 / 64", "-", todo, todo, "-", "-", "-", "-"],
-        ["todo", "RSS with consumers + backlog", "-", "-", "-", "-", "-", "-", "-", todo],
     ]  # fmt: skip
 
     goal = Table(
@@ -1058,6 +1878,11 @@ def _report(run: Run, counts: Counts) -> Report:
             f"Machine noise, (max-min)/median of the rate over rounds, c=1/c={CONCURRENCY}: {spreads}. "
             "The x echo ratios pair each round with the echo rate of the same round."
         )
+    consumer_tables, consumer_goals = _consumer_tables(run, counts)
+    notes += _consumer_notes(run, counts, consumer_goals)
+    rss_runs = ", ".join(
+        f"{SYSTEMS_BY_KEY[r.key].tag} {r.delivered:,} in {r.seconds:,.0f} s" for r in run.rss
+    )
     return Report(
         NAME,
         TITLE,
@@ -1065,14 +1890,76 @@ def _report(run: Run, counts: Counts) -> Report:
         f"{counts.sequential:,} calls from 1 caller, then {counts.concurrent:,} calls from {CONCURRENCY} "
         f"concurrent callers; {len(PAYLOAD)}-byte payloads, subject {SUBJECT!r}, loopback. Then "
         f"{counts.probe_sequential:,} + {counts.probe_concurrent:,} publishes through the commit-counting "
-        "wrapper.",
-        [goal, throughput, where],
+        f"wrapper. Consumers: {len(run.consumers)} rounds x {len(CONSUMER_SYSTEMS)} systems (b, c, c2; order "
+        f"rotated), each with a fresh server and a {counts.consume:,}-message backlog drained once per "
+        f"consumer pattern, then {counts.latency:,} publish -> delivery samples. RSS: {rss_runs} "
+        f"(messages, {CONCURRENCY} publishers, one subscriber).",
+        [goal, throughput, where, *consumer_tables],
         notes,
     )
 
 
+def _consumer_notes(run: Run, counts: Counts, goal_lines: list[str]) -> list[str]:
+    ours_rss = [r for r in run.rss if r.key == "publish"]
+    rss_duration = (
+        f" (this run: {ours_rss[0].delivered:,} in {ours_rss[0].seconds / 60:.1f} min for ours)"
+        if ours_rss
+        else ""
+    )
+    return [
+        "Consumer goals: " + "; ".join(goal_lines) + ".",
+        f"Consumers: per round, each of (b), (c), (c2) starts fresh and gets a backlog of "
+        f"{counts.consume:,} messages ({CONCURRENCY} concurrent publishers); each row then drains that "
+        "whole backlog on a durable consumer of its own (deliver all, from seq 1). JetStream consumers "
+        "get ours' defaults: explicit ack, ack_wait 30 s, max_deliver 5, no max_ack_pending (ours has "
+        "no such limit). Ours is always explicit-ack: the contract's ConsumerConfigPb has no ack policy.",
+        f"Fetch+Ack: Fetch(batch {FETCH_BATCH}), acknowledge every delivered message, fetch again, until "
+        "all seqs are delivered. The contract's Ack takes one seq (there is no batch or cumulative "
+        f"form), so ours sends one Ack RPC per message, the batch's {FETCH_BATCH} concurrently, and "
+        f"awaits them before the next Fetch. JetStream: `fetch({FETCH_BATCH})` + `msg.ack()` each "
+        "(c/fetch, c2/fetch: nats-py's usual form and the §3.2 reference; a fire-and-forget publish, so "
+        "the next fetch goes out before the server has applied the acks) and `ack_sync()` each, the "
+        "batch concurrently and awaited (*/fetch-confirmed: what our Ack does). msg/s: distinct messages "
+        "/ time until the last batch was acked (its acks answered, or sent for `msg.ack()`); all acked "
+        "msg/s: until the server reported nothing pending (ours: GetConsumerInfo ack_floor == "
+        "last_delivered; JetStream: consumer info num_ack_pending == 0, polled every 5 ms).",
+        f"Subscribe: ours = the Subscribe server stream (batch_size {FETCH_BATCH}); the subscriber hands "
+        f"each message's seq to {ACK_WINDOW} workers that send its Ack RPC, so reading never waits for "
+        "an ack. JetStream = a push subscription (`js.subscribe(..., manual_ack=True)`) with "
+        "`msg.ack()` per message, which does not wait either. msg/s: until the last message arrived; "
+        "all acked msg/s: until the server had applied every ack. */subscribe-none: ours never acks "
+        "(ack_wait 1 h, so nothing is redelivered; each delivery is still written as pending), "
+        "JetStream uses AckPolicy none.",
+        "Exactly once: every delivery's stream seq is recorded; 'yes' means each of the backlog's seqs "
+        "arrived once in every round (no repeats, no gaps) and, where the row acks, the server then "
+        "held nothing unacked (ours: and no Ack was answered 'not pending').",
+        "Latency: a consumer of new messages only (ours DELIVERY_BY_START_SEQ at last_seq + 1, "
+        "JetStream DeliverPolicy new) with an idle push subscriber acking as the row says; one "
+        f"publisher sends {counts.latency:,} messages one after another (each awaits its publish ack; "
+        "no pauses), each starting with `time.perf_counter_ns()` at send; latency = arrival at the "
+        f"subscriber - send (same process, so the same clock), after {LATENCY_WARMUP} warm-up "
+        "messages. It includes the publish itself: ours commits (fsync) before the subscriber is "
+        "woken; (c) stores without fsync, (c2) fsyncs every message.",
+        "Acks differ in cost as well as in durability: every write of ours — Publish, Ack, and each "
+        "Fetch or Subscribe wake-up that delivers (it records the pending delivery) — is answered "
+        "only after its transaction is fsynced; concurrent writes to a stream share one group commit "
+        "(one transaction, one fsync). nats-server applies an ack in memory and writes consumer "
+        "state to its store in the background.",
+        f"RSS: a fresh server per system; a push subscriber that never acks (as */subscribe-none) reads "
+        f"while {CONCURRENCY} concurrent publishers (closed loop; the contract has no streaming "
+        "publish) send the messages; the server process's VmRSS (/proc/PID/status) is sampled every "
+        f"{RSS_SAMPLE_S:.0f} s from the end of a {counts.rss_warmup:,}-message warm-up; growth = peak - "
+        "start. The subscriber does not ack because acking a million messages one Ack RPC each would "
+        "take most of an hour here; our never-acked deliveries are rows in the stream's SQLite file, "
+        f"not process memory. The full run streams {FULL.rss_messages:,} messages{rss_duration}; "
+        f"{RSS_ENV}=N sets another count.",
+    ]
+
+
 def run(quick: bool, progress: Callable[[str], None]) -> Report:
     counts = QUICK if quick else FULL
+    if os.environ.get(RSS_ENV):
+        counts = replace(counts, rss_messages=int(os.environ[RSS_ENV]))
     floor = _storage_floor(counts)
     progress(
         f"streams: storage floor fsync {floor['fsync_us']:,.0f} µs, SQLite commit "

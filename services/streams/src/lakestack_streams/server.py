@@ -13,6 +13,9 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
 
+import grpc
+from grpc import aio
+
 from lakestack_common.errors import NotFound
 from lakestack_protos.waymaker.streams import (
     collections_pb2_grpc,
@@ -25,6 +28,7 @@ from lakestack_streams.collection_stores import Collections
 from lakestack_streams.errors import StreamsError
 from lakestack_streams.kv import KeyValue, NoSuchBucket
 from lakestack_streams.model import PublishRequest
+from lakestack_streams.objects import ObjectStore
 from lakestack_streams.registry import MUTABLE_FIELDS, StreamRegistry
 
 log = logging.getLogger("lakestack.streams")
@@ -37,6 +41,14 @@ SUBSCRIBE_MAX_BATCH = 1024
 SCAN_DEFAULT_LIMIT = 1000
 SCAN_MAX_LIMIT = 10_000
 MAX_SUBJECTS = 100_000
+# GetObjectStream has no result_code: its errors are the call's status.
+OBJECT_STREAM_STATUS = {
+    "no_such_bucket": grpc.StatusCode.NOT_FOUND,
+    "no_such_object": grpc.StatusCode.NOT_FOUND,
+    "invalid_name": grpc.StatusCode.INVALID_ARGUMENT,
+    "sha_mismatch": grpc.StatusCode.ABORTED,
+    "incomplete": grpc.StatusCode.DATA_LOSS,
+}
 
 
 def answers(response_type: type[R], **aliases: str) -> Callable[[Handler[R]], Handler[R]]:
@@ -48,6 +60,8 @@ def answers(response_type: type[R], **aliases: str) -> Callable[[Handler[R]], Ha
         async def wrapper(self: Any, request: Any, context: Any) -> R:
             try:
                 return await handler(self, request, context)
+            except aio.AbortError:  # the handler chose a gRPC status itself
+                raise
             except StreamsError as exc:
                 extra = {aliases.get(k, k): v for k, v in exc.response_fields().items()}
                 return response_type(  # type: ignore[call-arg]
@@ -66,9 +80,12 @@ def answers(response_type: type[R], **aliases: str) -> Callable[[Handler[R]], Ha
 
 
 class StreamsHandlers(waymaker_streams_pb2_grpc.WaymakerStreamsServiceServicer):
-    def __init__(self, registry: StreamRegistry, node_id: int = 1) -> None:
+    def __init__(
+        self, registry: StreamRegistry, node_id: int = 1, objects: ObjectStore | None = None
+    ) -> None:
         self.registry = registry
         self.node_id = node_id
+        self.objects = objects if objects is not None else ObjectStore(registry)
 
     # ---- stream lifecycle -------------------------------------------------------------------
 
@@ -90,7 +107,17 @@ class StreamsHandlers(waymaker_streams_pb2_grpc.WaymakerStreamsServiceServicer):
             result_code="ok",
             config=wire.stream_config_pb(store.config),
             stats=wire.stats_pb(store.stats()),
+            sources_status=[
+                wire.source_status_pb(s) for s in self.registry.sources.statuses(store.config.name)
+            ],
         )
+
+    @answers(pb.GetStreamSourcesResponse)
+    async def GetStreamSources(
+        self, request: pb.GetStreamSourcesRequest, context: Any
+    ) -> pb.GetStreamSourcesResponse:
+        entries = [wire.source_entry_pb(status) for status in self.registry.sources.statuses()]
+        return pb.GetStreamSourcesResponse(success=True, result_code="ok", entries=entries)
 
     async def ListStreams(self, request: pb.ListStreamsRequest, context: Any) -> pb.ListStreamsResponse:
         return pb.ListStreamsResponse(names=self.registry.names())
@@ -237,6 +264,147 @@ class StreamsHandlers(waymaker_streams_pb2_grpc.WaymakerStreamsServiceServicer):
             await context.send_initial_metadata(())  # the watch is live: every later change is sent
             async for event in events:
                 yield wire.watch_event_pb(event, self.node_id)
+
+    # ---- object store -----------------------------------------------------------------------
+
+    @answers(pb.PutObjectResponse)
+    async def PutObject(self, request: pb.PutObjectRequest, context: Any) -> pb.PutObjectResponse:
+        info = await self.objects.put(
+            request.bucket,
+            request.name,
+            request.payload,
+            chunk_size=request.chunk_size,
+            headers=wire.object_headers(request),
+            sha256=request.sha256,
+            dedupe=request.dedupe,
+        )
+        return pb.PutObjectResponse(success=True, result_code="ok", info=wire.object_info_pb(info))
+
+    @answers(pb.PutObjectResponse)
+    async def PutObjectStream(
+        self, request_iterator: AsyncIterator[pb.PutObjectStreamFrame], context: Any
+    ) -> pb.PutObjectResponse:
+        # Protocol misuse (no start, a second start, frames after finish, no finish) is the call's
+        # status INVALID_ARGUMENT; domain errors are success=false. A client going away cancels
+        # this handler: nothing is committed and the chunks sent so far are left to the collector.
+        upload = None
+        finished = False
+        try:
+            async for frame in request_iterator:
+                if finished:
+                    await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "a frame after the finish frame")
+                if frame.HasField("start"):
+                    if upload is not None:
+                        await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "a second start frame")
+                    start = frame.start
+                    upload = self.objects.begin_upload(
+                        start.bucket,
+                        start.name,
+                        chunk_size=start.chunk_size,
+                        headers=wire.object_headers(start),
+                        sha256=start.sha256,
+                        dedupe=start.dedupe,
+                    )
+                elif upload is None:
+                    await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "the first frame must set start")
+                assert upload is not None
+                await upload.write(frame.data)
+                finished = frame.finish
+            if upload is None:
+                await context.abort(
+                    grpc.StatusCode.INVALID_ARGUMENT, "no frames: the first frame must set start"
+                )
+            if not finished:
+                await context.abort(
+                    grpc.StatusCode.INVALID_ARGUMENT,
+                    "the stream ended without finish=true; nothing was committed",
+                )
+            assert upload is not None
+            info = await upload.commit()
+        finally:
+            if upload is not None:
+                upload.close()
+        return pb.PutObjectResponse(success=True, result_code="ok", info=wire.object_info_pb(info))
+
+    @answers(pb.GetObjectResponse)
+    async def GetObject(self, request: pb.GetObjectRequest, context: Any) -> pb.GetObjectResponse:
+        info, payload = await self.objects.get(request.bucket, request.name)
+        return pb.GetObjectResponse(
+            success=True, result_code="ok", info=wire.object_info_pb(info), payload=payload
+        )
+
+    async def GetObjectStream(
+        self, request: pb.GetObjectRequest, context: Any
+    ) -> AsyncIterator[pb.GetObjectStreamFrame]:
+        # No status field in the frames: errors are the call's status (sha_mismatch: ABORTED).
+        try:
+            info, chunks = await self.objects.open(request.bucket, request.name)
+            yield pb.GetObjectStreamFrame(info=wire.object_info_pb(info))
+            async for data in chunks:
+                yield pb.GetObjectStreamFrame(data=data)
+        except StreamsError as exc:
+            code = OBJECT_STREAM_STATUS.get(exc.result_code, grpc.StatusCode.INTERNAL)
+            await context.abort(code, f"{exc.result_code}: {exc.message}")
+        yield pb.GetObjectStreamFrame(done=True)
+
+    @answers(pb.DeleteObjectResponse)
+    async def DeleteObject(self, request: pb.DeleteObjectRequest, context: Any) -> pb.DeleteObjectResponse:
+        seq = await self.objects.delete(request.bucket, request.name)
+        return pb.DeleteObjectResponse(success=True, result_code="ok", tombstone_seq=seq)
+
+    @answers(pb.GetObjectInfoResponse)
+    async def GetObjectInfo(self, request: pb.GetObjectInfoRequest, context: Any) -> pb.GetObjectInfoResponse:
+        meta = await self.objects.latest(request.bucket, request.name)
+        if meta.deleted:
+            return pb.GetObjectInfoResponse(success=True, result_code="ok", deleted=True)
+        return pb.GetObjectInfoResponse(success=True, result_code="ok", info=wire.object_info_pb(meta.info))
+
+    @answers(pb.ListObjectsResponse)
+    async def ListObjects(self, request: pb.ListObjectsRequest, context: Any) -> pb.ListObjectsResponse:
+        found = await self.objects.list_objects(request.bucket, request.name_prefix, request.include_deleted)
+        return pb.ListObjectsResponse(
+            success=True,
+            result_code="ok",
+            entries=[pb.ObjectListEntry(name=m.name, total_bytes=m.size, deleted=m.deleted) for m in found],
+        )
+
+    @answers(pb.ListObjectRevisionsResponse)
+    async def ListObjectRevisions(
+        self, request: pb.ListObjectRevisionsRequest, context: Any
+    ) -> pb.ListObjectRevisionsResponse:
+        revisions = await self.objects.revisions(
+            request.bucket, request.name, request.from_seq, request.limit
+        )
+        return pb.ListObjectRevisionsResponse(
+            success=True,
+            result_code="ok",
+            revisions=[
+                pb.ObjectRevisionEntry(
+                    metadata_seq=m.seq,
+                    deleted=m.deleted,
+                    total_bytes=m.size,
+                    chunk_count=m.chunk_count,
+                    sha256=m.sha256,
+                    ts_ms=m.ts_ms,
+                )
+                for m in revisions
+            ],
+        )
+
+    @answers(pb.GetObjectRangeResponse)
+    async def GetObjectRange(
+        self, request: pb.GetObjectRangeRequest, context: Any
+    ) -> pb.GetObjectRangeResponse:
+        info, offset, payload = await self.objects.get_range(
+            request.bucket, request.name, request.offset, request.len
+        )
+        return pb.GetObjectRangeResponse(
+            success=True,
+            result_code="ok",
+            info=wire.object_info_pb(info),
+            actual_offset=offset,
+            payload=payload,
+        )
 
 
 def _not_pending(seq: int, pending: bool) -> str:

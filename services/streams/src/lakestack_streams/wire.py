@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import dataclasses
+from typing import Any
+
 from lakestack_protos.waymaker.streams import waymaker_streams_pb2 as pb
 from lakestack_streams.consumers import ConsumerConfig, ConsumerState
 from lakestack_streams.events import TopologyEvent
 from lakestack_streams.model import Message, SourceConfig, StreamConfig, StreamStats
+from lakestack_streams.objects import ObjectInfo
+from lakestack_streams.sources import SourceStatus
 
 DELIVER_POLICIES = {
     pb.DELIVERY_ALL: "all",
@@ -73,8 +78,12 @@ def stream_config_pb(config: StreamConfig) -> pb.StreamConfigPb:
                 filter_subject=s.filter_subject,
                 start_seq=s.start_seq,
                 start_time_ms=s.start_time_ms,
-                subject_transform=pb.SubjectTransformPb(
-                    source_pattern=s.transform_source, destination=s.transform_destination
+                subject_transform=(
+                    pb.SubjectTransformPb(
+                        source_pattern=s.transform_source, destination=s.transform_destination
+                    )
+                    if s.transform_destination
+                    else None
                 ),
                 max_initial_backfill=s.max_initial_backfill,
                 on_drop=s.on_drop,  # type: ignore[arg-type]
@@ -94,6 +103,20 @@ def stats_pb(stats: StreamStats) -> pb.StreamStatsPb:
         block_count=stats.block_count,
         first_block=stats.first_block,
     )
+
+
+def source_status_pb(status: SourceStatus) -> pb.SourceStatusPb:
+    return pb.SourceStatusPb(**_source_fields(status))
+
+
+def source_entry_pb(status: SourceStatus) -> pb.GetStreamSourcesEntry:
+    return pb.GetStreamSourcesEntry(sourcing_stream=status.sourcing_stream, **_source_fields(status))
+
+
+def _source_fields(status: SourceStatus) -> dict[str, Any]:
+    fields = dataclasses.asdict(status)
+    del fields["sourcing_stream"]
+    return fields
 
 
 def message_pb(message: Message, deliver_count: int = 0) -> pb.MessagePb:
@@ -166,3 +189,21 @@ def watch_event_pb(event: TopologyEvent, node_id: int) -> pb.WatchEvent:
     else:
         message.stream.CopyFrom(pb.StreamWatchDetail(name=event.stream))
     return message
+
+
+def object_headers(message: pb.PutObjectRequest | pb.PutObjectStart) -> tuple[tuple[str, str], ...]:
+    return tuple((h.key, h.value) for h in message.headers)
+
+
+def object_info_pb(info: ObjectInfo) -> pb.ObjectInfo:
+    return pb.ObjectInfo(
+        name=info.name,
+        total_bytes=info.total_bytes,
+        chunk_size=info.chunk_size,
+        chunk_count=info.chunk_count,
+        sha256=info.sha256,
+        ts_ms=info.ts_ms,
+        headers=[pb.MessageHeader(key=k, value=v) for k, v in info.headers],
+        metadata_seq=info.metadata_seq,
+        deduped=info.deduped,
+    )

@@ -56,6 +56,9 @@ async def hammer_then_kill(
             pb.CreateStreamRequest(config=pb.StreamConfigPb(name="load"))
         )
         assert reply.success, reply.message
+        copy = pb.StreamConfigPb(name="copy", sources=[pb.StreamSourceConfigPb(source_stream="load")])
+        reply = await client.streams.CreateStream(pb.CreateStreamRequest(config=copy))
+        assert reply.success, reply.message  # its tail pulls while the load runs and is killed with it
         consumer = pb.ConsumerConfigPb(name="c", ack_wait_ms=ACK_WAIT_MS, max_deliver=1000)
         reply = await client.streams.CreateConsumer(pb.CreateConsumerRequest(stream="load", config=consumer))
         assert reply.success, reply.message
@@ -144,6 +147,30 @@ async def verify(address: str, acknowledged: dict[int, bytes], acked: set[int], 
         )
         assert after.success and after.seq == last + 1
         await verify_consumer(client, last, acked, unsure)
+        await verify_sourced_copy(client, last + 1)
+
+
+async def verify_sourced_copy(client: StreamsClient, last: int) -> None:
+    """The sourcing stream ends up with every source message exactly once, in order: its
+    watermark commits with what it appended, so the kill neither lost nor repeated any."""
+    deadline = time.monotonic() + 60
+    while True:
+        info = await client.streams.GetStreamInfo(pb.GetStreamInfoRequest(name="copy"))
+        assert info.success, info.message
+        if [s.last_sourced_seq for s in info.sources_status] == [last]:
+            break
+        assert time.monotonic() < deadline, f"source tail stuck at {list(info.sources_status)}"
+        await asyncio.sleep(0.1)
+    assert info.stats.msg_count == last
+    source_seqs: list[int] = []
+    for worker in range(32):
+        scan = await client.streams.ScanExactAtSubject(
+            pb.ScanExactAtSubjectRequest(stream="copy", subject=f"load.{worker}", limit=10_000)
+        )
+        for message in scan.messages:
+            headers = {h.key: h.value for h in message.headers}
+            source_seqs.append(int(headers["waymaker-source-seq"]))
+    assert sorted(source_seqs) == list(range(1, last + 1))
 
 
 def test_kill_9_under_load(tmp_path: Path) -> None:

@@ -1,7 +1,7 @@
 """Run the foundation benchmarks and record them in bench/RESULTS.md.
 
     make bench                                              # everything, full counts
-    .tools/bin/uv run --frozen python bench/run.py --quick  # smoke run, small counts (~30 s)
+    .tools/bin/uv run --frozen python bench/run.py --quick  # smoke run, small counts (~1.5 min)
     .tools/bin/uv run --frozen python bench/run.py --only rpc
 
 Every ``bench/bench_<name>.py`` is a benchmark module (see ``benchlib``), run in ``ORDER``.
@@ -292,7 +292,7 @@ def update_results(path: Path, sections: dict[str, str], foundation_names: list[
 def main(argv: list[str] | None = None) -> int:
     modules = discover()
     parser = argparse.ArgumentParser(description="Lakestack foundation benchmarks")
-    parser.add_argument("--quick", action="store_true", help="small counts, a smoke run (~30 s)")
+    parser.add_argument("--quick", action="store_true", help="small counts, a smoke run (~1.5 min)")
     parser.add_argument(
         "--only", action="append", choices=sorted(modules), metavar="NAME", help=f"one of {sorted(modules)}"
     )

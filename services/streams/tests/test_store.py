@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from lakestack_common.sqlite import run_on_connection
 from lakestack_streams.errors import WrongRevision
 from lakestack_streams.model import PublishRequest, StreamConfig
 from lakestack_streams.store import StreamStore
@@ -265,3 +266,23 @@ async def test_last_seq_only_counts_committed_messages(store: StreamStore) -> No
         await asyncio.gather(*(store.publish(pub("a", str(round_).encode())) for _ in range(20)))
     await asyncio.wait_for(reader, 10)
     assert seen == list(range(1, 601))
+
+
+async def test_a_non_durable_write_skips_only_its_own_fsync(tmp_path: Path) -> None:
+    s = await StreamStore.open(tmp_path / "s.db", StreamConfig(name="s").validated())
+    await s.publish(pub("a"))
+
+    def record(txn) -> int:
+        txn.execute("INSERT INTO meta (key, value) VALUES ('x.note', 'kept')")
+        return int(txn.fetchall("PRAGMA synchronous")[0][0])
+
+    assert await s.write(record, durable=False) == 1  # NORMAL inside the relaxed commit
+    synchronous = await run_on_connection(
+        s._db, lambda conn: conn.execute("PRAGMA synchronous").fetchone()[0]
+    )
+    assert synchronous == 2  # FULL again for the next commit
+    assert await s.write(lambda txn: int(txn.fetchall("PRAGMA synchronous")[0][0])) == 2
+    await s.close()
+    reopened = await StreamStore.open(tmp_path / "s.db")
+    assert await reopened.get_meta("note") == "kept"  # written all the same (a clean close, no power loss)
+    await reopened.close()

@@ -257,7 +257,9 @@ class Consumers:
             _advance_floor(txn, name)
             return deliveries
 
-        deliveries = await self.store.write(fetch)
+        # A delivery record lost to a power failure only means a redelivery (at-least-once), so
+        # deliveries skip the fsync; acks and consumer changes stay durable.
+        deliveries = await self.store.write(fetch, durable=False)
         await self._dead_letter(name, dead)
         return deliveries
 

@@ -382,9 +382,10 @@ class _Publish(_Queued):
 
 
 class _Operation(_Queued):
-    def __init__(self, body: Callable[[Txn], Any]) -> None:
+    def __init__(self, body: Callable[[Txn], Any], durable: bool = True) -> None:
         super().__init__()
         self.body = body
+        self.durable = durable
 
 
 def _append_publishes(txn: Txn, items: list[_Publish | _Operation]) -> list[int | StreamsError]:
@@ -496,14 +497,19 @@ class StreamStore:
         """Append one message; returns its seq once it is durable. Raises WrongRevision."""
         return await self._enqueue(_Publish(request))  # type: ignore[no-any-return]
 
-    async def _transaction(self, body: Callable[[Txn], T]) -> T:
+    async def _transaction(self, body: Callable[[Txn], T], *, durable: bool = True) -> T:
         """Run ``body`` on the writer thread inside the next group commit; its effects are
         durable when this returns. A body that raises is rolled back alone (a savepoint) and
         its exception re-raised here; the other operations of the commit are unaffected.
 
         The operation runs even if the caller is cancelled meanwhile (a client going away
-        cannot leave it half-done); only publishes are dropped when their caller is gone."""
-        return await self._enqueue(_Operation(body))  # type: ignore[no-any-return]
+        cannot leave it half-done); only publishes are dropped when their caller is gone.
+
+        ``durable=False`` is for bookkeeping that may be lost on power failure without breaking
+        a promise (a delivery record: losing it means a redelivery, which at-least-once allows).
+        A commit made only of such operations skips the fsync; the data is still written to the
+        OS, so a killed process loses nothing, and the next durable commit syncs it too."""
+        return await self._enqueue(_Operation(body, durable))  # type: ignore[no-any-return]
 
     async def _enqueue(self, item: _Publish | _Operation) -> Any:
         if self._closed:
@@ -538,7 +544,18 @@ class StreamStore:
             else:
                 steps.append((item.body, [item]))
 
+        relaxed = self.path is not None and all(isinstance(i, _Operation) and not i.durable for i in batch)
+
         def run(conn: sqlite3.Connection) -> tuple[list[tuple[bool, Any]], Counters]:
+            if relaxed:
+                conn.execute("PRAGMA synchronous=NORMAL")  # WAL: written, not fsynced
+            try:
+                return run_steps(conn)
+            finally:
+                if relaxed:
+                    conn.execute("PRAGMA synchronous=FULL")
+
+        def run_steps(conn: sqlite3.Connection) -> tuple[list[tuple[bool, Any]], Counters]:
             txn = Txn(self, conn, self._state.copy())
             outcomes: list[tuple[bool, Any]] = []
             conn.execute("BEGIN IMMEDIATE")
@@ -622,12 +639,13 @@ class StreamStore:
     async def get_meta(self, key: str) -> str | None:
         return await _read_meta(self._reader, f"x.{key}")
 
-    async def write(self, body: Callable[[Txn], T]) -> T:
+    async def write(self, body: Callable[[Txn], T], *, durable: bool = True) -> T:
         """Run ``body(txn)`` in one transaction, serialised with publishes (consumer state changes).
-        The body is synchronous and runs on the writer thread: database work only."""
+        The body is synchronous and runs on the writer thread: database work only. See
+        :meth:`_transaction` for ``durable``."""
         if self._closed:
             raise StoreClosed(f"stream {self._config.name!r} is closed")
-        return await self._transaction(body)
+        return await self._transaction(body, durable=durable)
 
     async def prune(self, now: int | None = None) -> int:
         """Apply the retention bounds now (the background sweep and UpdateStream call this)."""

@@ -1,0 +1,98 @@
+"""The writes a shard logs and applies, and the checks every request body must pass first.
+
+Validation lives here, ahead of the WAL: an entry that reaches the log is applied on every replica
+and at every replay, so nothing that could fail to apply may be logged.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from lakestack_common.errors import InvalidArgument
+
+MAX_ID_BYTES = 512
+VECTOR_DTYPES = ("float32", "float16")
+
+
+@dataclass(frozen=True)
+class Upsert:
+    namespace: str
+    ids: list[str]
+    vectors: np.ndarray  # (len(ids), dim) float32, finite
+
+
+@dataclass(frozen=True)
+class Delete:
+    namespace: str
+    ids: list[str]
+
+
+WriteOp = Upsert | Delete
+
+
+def check_ids(ids: Sequence[str], what: str, *, unique: bool) -> list[str]:
+    if not ids:
+        raise InvalidArgument(f"{what} names no ids")
+    for vector_id in ids:
+        if not vector_id:
+            raise InvalidArgument(f"{what}: ids must be non-empty strings")
+        if "\x00" in vector_id:
+            raise InvalidArgument(f"{what}: id {vector_id!r} contains a NUL character")
+        if len(vector_id.encode()) > MAX_ID_BYTES:
+            raise InvalidArgument(f"{what}: id {vector_id[:32]!r}... is longer than {MAX_ID_BYTES} bytes")
+    if unique and len(set(ids)) != len(ids):
+        seen: set[str] = set()
+        duplicate = next(i for i in ids if i in seen or seen.add(i))  # type: ignore[func-returns-value]
+        raise InvalidArgument(f"{what}: id {duplicate!r} appears more than once in one batch")
+    return list(ids)
+
+
+def as_vectors(array: np.ndarray, what: str, *, rows: int | None = None) -> np.ndarray:
+    """A float32 (n, dim) matrix from a decoded NdArray; a 1-D array is one vector."""
+    if array.dtype.name not in VECTOR_DTYPES:
+        raise InvalidArgument(f"{what}: dtype {array.dtype.name} is not supported; send float32 or float16")
+    if array.ndim == 1:
+        array = array.reshape(1, -1)
+    if array.ndim != 2 or array.shape[1] == 0:
+        raise InvalidArgument(f"{what}: expected shape (n, dim), got {list(array.shape)}")
+    if rows is not None and array.shape[0] != rows:
+        raise InvalidArgument(f"{what}: {array.shape[0]} vectors for {rows} ids")
+    if array.shape[0] == 0:
+        raise InvalidArgument(f"{what} holds no vectors")
+    vectors = np.ascontiguousarray(array, dtype=np.float32)
+    if not np.isfinite(vectors).all():
+        raise InvalidArgument(f"{what}: vectors must be finite (found NaN or infinity)")
+    return vectors
+
+
+def check_dimension(namespace: str, expected: int, got: int, what: str) -> None:
+    if expected != got:
+        raise InvalidArgument(
+            f"{what}: namespace {namespace!r} holds {expected}-dimensional vectors, got {got} dimensions"
+        )
+
+
+@dataclass(frozen=True)
+class Query:
+    namespace: str
+    queries: np.ndarray  # (n, dim) float32
+    top_k: int
+    include_data: bool
+
+
+@dataclass(frozen=True)
+class Fetch:
+    namespace: str
+    ids: list[str]
+
+
+@dataclass(frozen=True)
+class Info:
+    namespace: str
+
+
+Command = Upsert | Delete | Query | Fetch | Info
+READ_COMMANDS = (Query, Fetch, Info)

@@ -1,0 +1,309 @@
+"""One namespace's vectors on one shard: rows, ids, tombstones and the faiss index over them.
+
+Storage is append-only rows: row ``r`` holds the vector of ``ids[r]`` and is faiss label ``r``
+(every index type here numbers additions sequentially, so labels never need an IDMap). An upsert
+of an existing id tombstones its old row and appends a new one; a delete tombstones. Searches
+skip tombstoned rows through an ``IDSelectorBitmap`` of the live rows, which every index type
+honours (faiss#3339: HNSW cannot remove ids at all, IVF removal is a full scan), and a rebuild
+(:meth:`VectorSet.rebuilt`) compacts them away.
+
+Tiers: exact (``IndexFlat``) below ``exact_threshold`` live vectors, then an ANN index, IVF-Flat
+by default (docs/decisions/0008-vector-index.md has the measurements) or HNSW. Moving between
+tiers, retraining IVF when the set has grown 4x past its training size, and compaction are all
+the same operation: build a new VectorSet from the live rows, off the write path.
+
+Scores: higher is better for every metric. cosine = cosine similarity (vectors are normalised
+for the index; fetch returns them as upserted), dotproduct = inner product, euclidean = the
+negated Euclidean distance (``-sqrt(squared L2)``).
+
+Not thread-safe by itself: :class:`lakestack_vector_core.namespaces.Namespace` wraps it in a
+reader-writer lock.
+"""
+
+from __future__ import annotations
+
+import enum
+import io
+import json
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import faiss
+import numpy as np
+
+INITIAL_CAPACITY = 1024
+# Retrain an IVF index once the live set is this many times its training size.
+IVF_REGROW_FACTOR = 4
+
+
+class Metric(enum.Enum):
+    COSINE = "cosine"
+    DOTPRODUCT = "dotproduct"
+    EUCLIDEAN = "euclidean"
+
+    @property
+    def faiss_metric(self) -> int:
+        return faiss.METRIC_L2 if self is Metric.EUCLIDEAN else faiss.METRIC_INNER_PRODUCT
+
+    def prepare(self, vectors: np.ndarray) -> np.ndarray:
+        """What the index stores and searches with: unit vectors for cosine, as-is otherwise."""
+        if self is not Metric.COSINE:
+            return vectors
+        norms = np.linalg.norm(vectors, axis=1, keepdims=True)
+        return (vectors / np.where(norms == 0, 1, norms)).astype(np.float32, copy=False)
+
+    def scores(self, distances: np.ndarray) -> np.ndarray:
+        """faiss distances -> scores where higher is better."""
+        if self is Metric.EUCLIDEAN:
+            return -np.sqrt(np.maximum(distances, 0))
+        return distances
+
+
+@dataclass(frozen=True)
+class IndexParams:
+    exact_threshold: int = 20_000
+    ann_index: str = "ivf"  # "ivf" | "hnsw"
+    ivf_nprobe: int = 32
+    hnsw_m: int = 32
+    hnsw_ef_construction: int = 40
+    hnsw_ef_search: int = 64
+    rebuild_dead_fraction: float = 0.25
+
+
+def ivf_lists(count: int) -> int:
+    """Inverted lists for an IVF index trained on ``count`` vectors: about 4 sqrt(n), but at least
+    39 training points per list (k-means is unreliable below that, and faiss says so)."""
+    return int(min(4096, max(16, min(round(4 * math.sqrt(count)), count // 39))))
+
+
+@dataclass
+class Matches:
+    """One query's results, best first."""
+
+    ids: list[str]
+    scores: np.ndarray  # float32
+    vectors: np.ndarray | None = None  # (k, dim) float32 when asked for
+
+
+class VectorSet:
+    def __init__(self, dim: int, metric: Metric, params: IndexParams, *, tier: str = "flat") -> None:
+        self.dim = dim
+        self.metric = metric
+        self.params = params
+        self.tier = tier  # "flat" | "ivf" | "hnsw"
+        self.trained_on = 0  # live vectors the IVF index was trained with
+        self._vectors = np.empty((INITIAL_CAPACITY, dim), dtype=np.float32)
+        self._alive = np.zeros(INITIAL_CAPACITY, dtype=bool)
+        self._ids: list[str] = []
+        self._row: dict[str, int] = {}
+        self._index: Any = self._new_flat() if tier == "flat" else None
+        self._live_bitmap: np.ndarray | None = None  # packed, cached until the next write
+
+    # -- sizes ---------------------------------------------------------------------------------
+
+    @property
+    def live(self) -> int:
+        return len(self._row)
+
+    @property
+    def rows(self) -> int:
+        return len(self._ids)
+
+    @property
+    def dead(self) -> int:
+        return self.rows - self.live
+
+    def __contains__(self, vector_id: str) -> bool:
+        return vector_id in self._row
+
+    # -- writes --------------------------------------------------------------------------------
+
+    def upsert(self, ids: list[str], vectors: np.ndarray) -> None:
+        """Insert or replace; ``ids`` are unique and ``vectors`` is (len(ids), dim) float32."""
+        for vector_id in ids:
+            old = self._row.get(vector_id)
+            if old is not None:
+                self._alive[old] = False
+        start = self.rows
+        self._reserve(start + len(ids))
+        self._vectors[start : start + len(ids)] = vectors
+        self._alive[start : start + len(ids)] = True
+        self._ids.extend(ids)
+        for offset, vector_id in enumerate(ids):
+            self._row[vector_id] = start + offset
+        self._index.add(self.metric.prepare(vectors))
+        self._live_bitmap = None
+
+    def delete(self, ids: list[str]) -> int:
+        removed = 0
+        for vector_id in ids:
+            row = self._row.pop(vector_id, None)
+            if row is not None:
+                self._alive[row] = False
+                removed += 1
+        if removed:
+            self._live_bitmap = None
+        return removed
+
+    def _reserve(self, rows: int) -> None:
+        capacity = len(self._alive)
+        if rows <= capacity:
+            return
+        while capacity < rows:
+            capacity *= 2
+        vectors = np.empty((capacity, self.dim), dtype=np.float32)
+        vectors[: self.rows] = self._vectors[: self.rows]
+        alive = np.zeros(capacity, dtype=bool)
+        alive[: self.rows] = self._alive[: self.rows]
+        self._vectors, self._alive = vectors, alive
+
+    # -- reads ---------------------------------------------------------------------------------
+
+    def fetch(self, ids: list[str]) -> list[np.ndarray | None]:
+        found: list[np.ndarray | None] = []
+        for vector_id in ids:
+            row = self._row.get(vector_id)
+            found.append(None if row is None else self._vectors[row].copy())
+        return found
+
+    def search(self, queries: np.ndarray, top_k: int, include_data: bool) -> list[Matches]:
+        """Top ``top_k`` live vectors per row of ``queries`` ((n, dim) float32)."""
+        if self.live == 0:
+            return [Matches([], np.empty(0, np.float32)) for _ in range(len(queries))]
+        k = min(top_k, self.live)
+        # `keepalive` holds the selector and its bitmap: faiss keeps raw pointers to both.
+        params, keepalive = self._search_params()
+        distances, labels = self._index.search(self.metric.prepare(queries), k, params=params)
+        del keepalive
+        scores = self.metric.scores(distances)
+        results = []
+        for row_labels, row_scores in zip(labels, scores, strict=True):
+            keep = row_labels >= 0
+            rows = row_labels[keep]
+            results.append(
+                Matches(
+                    [self._ids[r] for r in rows],
+                    row_scores[keep].astype(np.float32, copy=False),
+                    self._vectors[rows].copy() if include_data else None,
+                )
+            )
+        return results
+
+    def _search_params(self) -> tuple[Any, tuple[Any, ...]]:
+        selector = None
+        if self.dead:
+            if self._live_bitmap is None:
+                self._live_bitmap = np.packbits(self._alive[: self.rows], bitorder="little")
+            selector = faiss.IDSelectorBitmap(self.rows, faiss.swig_ptr(self._live_bitmap))
+        params: Any
+        if self.tier == "ivf":
+            params = faiss.SearchParametersIVF()
+            params.nprobe = self.params.ivf_nprobe
+        elif self.tier == "hnsw":
+            params = faiss.SearchParametersHNSW()  # type: ignore[attr-defined]  # missing from faiss's stubs
+            params.efSearch = self.params.hnsw_ef_search
+        else:
+            params = faiss.SearchParameters()
+        if selector is None:
+            return params, ()
+        params.sel = selector
+        return params, (selector, self._live_bitmap)
+
+    # -- rebuilds ------------------------------------------------------------------------------
+
+    def wanted_tier(self) -> str:
+        if self.live < self.params.exact_threshold:
+            return "flat"
+        return self.params.ann_index
+
+    def needs_rebuild(self) -> bool:
+        """Compaction or a tier change is due (checked after writes)."""
+        if self.dead and self.dead >= self.params.rebuild_dead_fraction * max(self.rows, 1):
+            return True
+        wanted = self.wanted_tier()
+        if wanted != self.tier:
+            # Hysteresis: leave the ANN tier only well below the threshold.
+            return not (self.tier != "flat" and self.live > self.params.exact_threshold // 2)
+        return self.tier == "ivf" and self.live >= IVF_REGROW_FACTOR * max(self.trained_on, 1)
+
+    def live_rows(self) -> tuple[list[str], np.ndarray]:
+        """A copy of the live (id, vector) pairs in row order."""
+        rows = np.flatnonzero(self._alive[: self.rows])
+        return [self._ids[r] for r in rows], self._vectors[rows].copy()
+
+    @classmethod
+    def rebuilt(
+        cls, dim: int, metric: Metric, params: IndexParams, ids: list[str], vectors: np.ndarray
+    ) -> VectorSet:
+        """A compact VectorSet of ``ids``/``vectors`` in the tier their count calls for."""
+        tier = params.ann_index if len(ids) >= params.exact_threshold else "flat"
+        fresh = cls(dim, metric, params, tier=tier)
+        if tier != "flat":
+            fresh._index = fresh._new_ann(metric.prepare(vectors))
+            fresh.trained_on = len(ids)
+        if ids:
+            fresh.upsert(ids, vectors)
+        return fresh
+
+    def _new_flat(self) -> Any:
+        return faiss.IndexFlat(self.dim, self.metric.faiss_metric)
+
+    def _new_ann(self, training: np.ndarray) -> Any:
+        index: Any
+        if self.tier == "hnsw":
+            index = faiss.IndexHNSWFlat(self.dim, self.params.hnsw_m, self.metric.faiss_metric)
+            index.hnsw.efConstruction = self.params.hnsw_ef_construction
+            index.hnsw.efSearch = self.params.hnsw_ef_search
+            return index
+        lists = ivf_lists(len(training))
+        quantizer = faiss.IndexFlat(self.dim, self.metric.faiss_metric)
+        index = faiss.IndexIVFFlat(quantizer, self.dim, lists, self.metric.faiss_metric)
+        # k-means on at most 64 points per list is plenty (faiss warns below 39).
+        sample = training
+        if len(training) > 64 * lists:
+            picks = np.random.default_rng(0).choice(len(training), 64 * lists, replace=False)
+            sample = training[np.sort(picks)]
+        index.train(sample)
+        index.nprobe = self.params.ivf_nprobe
+        return index
+
+    # -- snapshots -----------------------------------------------------------------------------
+
+    def dump(self) -> dict[str, bytes]:
+        """The parts a snapshot stores, as bytes (taken under the namespace's read lock)."""
+        ids = np.array(self._ids, dtype=object)
+        ids_buffer = io.BytesIO()
+        np.save(ids_buffer, ids.astype(str) if len(ids) else np.array([], dtype="<U1"))
+        meta = {
+            "dim": self.dim,
+            "metric": self.metric.value,
+            "tier": self.tier,
+            "trained_on": self.trained_on,
+            "rows": self.rows,
+        }
+        return {
+            "meta.json": json.dumps(meta).encode(),
+            "vectors.f32": self._vectors[: self.rows].tobytes(),
+            "alive.bool": self._alive[: self.rows].tobytes(),
+            "ids.npy": ids_buffer.getvalue(),
+            "index.faiss": faiss.serialize_index(self._index).tobytes(),
+        }
+
+    @classmethod
+    def load(cls, parts: dict[str, bytes], params: IndexParams) -> VectorSet:
+        meta = json.loads(parts["meta.json"])
+        dim, rows = int(meta["dim"]), int(meta["rows"])
+        vs = cls(dim, Metric(meta["metric"]), params, tier=meta["tier"])
+        vs.trained_on = int(meta["trained_on"])
+        vs._reserve(rows)
+        vs._vectors[:rows] = np.frombuffer(parts["vectors.f32"], dtype=np.float32).reshape(rows, dim)
+        vs._alive[:rows] = np.frombuffer(parts["alive.bool"], dtype=bool)
+        vs._ids = [str(i) for i in np.load(io.BytesIO(parts["ids.npy"]), allow_pickle=False)]
+        vs._row = {vs._ids[r]: int(r) for r in np.flatnonzero(vs._alive[:rows])}
+        vs._index = faiss.deserialize_index(np.frombuffer(parts["index.faiss"], dtype=np.uint8))
+        if vs._index.ntotal != rows or len(vs._ids) != rows:
+            raise ValueError(
+                f"snapshot of {rows} rows has an index of {vs._index.ntotal} and {len(vs._ids)} ids"
+            )
+        return vs

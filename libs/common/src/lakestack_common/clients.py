@@ -31,6 +31,7 @@ CONTRACT_MODULES = (
     "lakestack_protos.com.rawlabs.protocol.das.v1.services.tables_service_pb2",
     "lakestack_protos.com.rawlabs.protocol.das.v1.services.functions_service_pb2",
     "lakestack_protos.core.core_pb2",
+    "lakestack_protos.lakestack.vector.v1.shard_pb2",
     "lakestack_protos.waymaker.streams.waymaker_streams_pb2",
     "lakestack_protos.waymaker.streams.kv_pb2",
     "lakestack_protos.waymaker.streams.collections_pb2",

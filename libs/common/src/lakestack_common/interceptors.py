@@ -33,6 +33,14 @@ OPEN_SERVICES = (
 
 Behavior = Callable[..., Any]
 
+# Methods polled often by other Lakestack processes; their calls are logged at DEBUG like health probes.
+_POLLED_METHODS: set[str] = set()
+
+
+def log_quietly(method: str) -> None:
+    """Log calls of ``method`` (a full path) at DEBUG: a poll every few hundred ms is noise."""
+    _POLLED_METHODS.add(method)
+
 
 def _is_open(method: str) -> bool:
     return method.startswith(OPEN_SERVICES)
@@ -143,7 +151,7 @@ def _log_call(method: str, context: aio.ServicerContext, started: float, sent: i
     if status in ("INTERNAL", "UNKNOWN", "DATA_LOSS"):
         level = logging.WARNING
     else:  # health probes arrive every few seconds: keep them out of the info log
-        level = logging.DEBUG if _is_open(method) else logging.INFO
+        level = logging.DEBUG if _is_open(method) or method in _POLLED_METHODS else logging.INFO
     log.log(level, "rpc", extra=fields)
 
 

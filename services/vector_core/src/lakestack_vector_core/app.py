@@ -2,20 +2,32 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 from concurrent.futures import ThreadPoolExecutor
 
 import faiss
+from grpc import aio
 
 from lakestack_common.entrypoint import run_service
+from lakestack_common.interceptors import log_quietly
 from lakestack_common.server import Service, Servicer
 from lakestack_protos.core import core_pb2, core_pb2_grpc
+from lakestack_protos.lakestack.vector.v1 import shard_pb2, shard_pb2_grpc
 from lakestack_vector_core.engine import EngineConfig, ShardEngine
 from lakestack_vector_core.gateway import Gateway, Limits
-from lakestack_vector_core.router import LocalShard, Router, Shard
-from lakestack_vector_core.server import CallHandlers
+from lakestack_vector_core.node import ShardNode
+from lakestack_vector_core.remote import ShardGroup
+from lakestack_vector_core.replication import Follower
+from lakestack_vector_core.router import LocalShard, Router
+from lakestack_vector_core.server import CallHandlers, ShardHandlers
 from lakestack_vector_core.settings import VectorCoreSettings
+from lakestack_vector_core.supervisor import ShardProcesses
 from lakestack_vector_core.vectors import IndexParams, Metric
+
+POSITION_METHOD = "/lakestack.vector.v1.ShardService/Position"
+# Seconds the gateway waits for its shard processes to answer at startup.
+SHARD_STARTUP_S = 120.0
 
 
 def engine_config(settings: VectorCoreSettings) -> EngineConfig:
@@ -39,6 +51,8 @@ def engine_config(settings: VectorCoreSettings) -> EngineConfig:
 
 
 class VectorCoreService(Service):
+    """The gateway (holding the data itself, or fronting shard processes) or one shard process."""
+
     name = "vector-core"
     settings: VectorCoreSettings
 
@@ -49,11 +63,10 @@ class VectorCoreService(Service):
         self.pool = ThreadPoolExecutor(settings.pool_workers, thread_name_prefix="vector-core")
         self.maintenance = ThreadPoolExecutor(1, thread_name_prefix="vector-core-maintenance")
         self.engine: ShardEngine | None = None
-        shards: list[Shard] = []
-        if settings.in_process:
-            self.engine = ShardEngine(engine_config(settings), self.pool, self.maintenance)
-            shards.append(LocalShard(self.engine))
-        self.router = Router(shards)
+        self.follower: Follower | None = None
+        self.processes: ShardProcesses | None = None
+        self.groups: list[ShardGroup] = []
+        self.router = Router([])
         limits = Limits(
             max_top_k=settings.max_top_k,
             default_timeout_s=settings.default_timeout_s,
@@ -61,18 +74,72 @@ class VectorCoreService(Service):
             max_array_bytes=settings.max_message_bytes,
         )
         self.gateway = Gateway(self.router, limits, self.pool)
+        if settings.in_process or settings.role == "shard":
+            self.engine = ShardEngine(engine_config(settings), self.pool, self.maintenance)
+            follower = settings.role == "shard" and settings.replica_index > 0
+            refusal = (
+                f"replica {settings.replica_index} of shard {settings.shard_index} follows its leader; "
+                "writes go to the leader"
+            )
+            self.router.shards.append(LocalShard(self.engine, read_only=refusal if follower else ""))
+            if follower:
+                if not settings.leader_address:
+                    raise ValueError("a follower (replica_index > 0) needs leader_address")
+                self.follower = Follower(self.engine, settings.leader_address, settings.replica_index)
 
     async def start(self) -> None:
         if self.engine is not None:
             await self.engine.open()
+        if self.follower is not None:
+            self.follower.start()
+        if self.engine is None:
+            await self._connect_shards()
+
+    async def _connect_shards(self) -> None:
+        settings = self.settings
+        addresses = settings.shard_addresses
+        if not addresses:
+            self.processes = ShardProcesses(settings)
+            await self.processes.start()
+            addresses = self.processes.addresses
+        self.groups = [
+            ShardGroup(s, replicas, settings.replica_poll_s) for s, replicas in enumerate(addresses)
+        ]
+        self.router.shards.extend(self.groups)
+        await asyncio.wait_for(self._until_reachable(), SHARD_STARTUP_S)
+        for group in self.groups:
+            await group.start()
+
+    async def _until_reachable(self) -> None:
+        for group in self.groups:
+            for replica in group.replicas:
+                while True:
+                    try:
+                        await replica.position()
+                        break
+                    except aio.AioRpcError:
+                        await asyncio.sleep(0.1)
 
     async def stop(self) -> None:
+        if self.follower is not None:
+            await self.follower.stop()
+        for group in self.groups:
+            await group.close()
+        if self.processes is not None:
+            await self.processes.stop()
         if self.engine is not None:
             await self.engine.close()
         self.pool.shutdown(wait=False, cancel_futures=True)
         self.maintenance.shutdown(wait=True)
 
     def servicers(self) -> list[Servicer]:
+        if self.settings.role == "shard":
+            log_quietly(POSITION_METHOD)
+            assert self.engine is not None
+            node = ShardNode(
+                self.engine, self.gateway, self.settings.shard_index, self.settings.replica_index
+            )
+            return [Servicer.of(shard_pb2, shard_pb2_grpc, "ShardService", ShardHandlers(node))]
         return [Servicer.of(core_pb2, core_pb2_grpc, "RPCClient", CallHandlers(self.gateway))]
 
 

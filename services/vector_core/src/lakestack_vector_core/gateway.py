@@ -93,7 +93,7 @@ class Gateway:
                     self.stats.msg_recv += 1
                     request.client_id = client_id
                     request.client_offset = offset & 0xFFFFFFFF
-                    task = asyncio.create_task(self._answer(request, answers))
+                    task = asyncio.create_task(self._answer_into(request, answers))
                     running.add(task)
                     task.add_done_callback(running.discard)
                 if running:
@@ -120,9 +120,13 @@ class Gateway:
             with contextlib.suppress(BaseException):
                 await reader
 
-    async def _answer(
+    async def _answer_into(
         self, request: core_pb2.Request, answers: asyncio.Queue[core_pb2.Request | BaseException | None]
     ) -> None:
+        answers.put_nowait(await self.answer(request))
+
+    async def answer(self, request: core_pb2.Request) -> core_pb2.Request:
+        """Execute one request; returns it with its result, routes and status filled in."""
         received = time.time_ns()
         timeout = request.timeout or self.limits.default_timeout_s
         outcome = Outcome()
@@ -137,7 +141,7 @@ class Gateway:
                 "TimeoutError",
             )
         except LakestackError as exc:
-            self._fail(request, exc.message, type(exc).__name__)
+            self._fail(request, exc.message, getattr(exc, "exception", type(exc).__name__))
         except Exception as exc:
             log.exception("request %d failed", request.request_id)
             self._fail(request, f"internal error: {exc}", type(exc).__name__, traceback.format_exc())
@@ -149,7 +153,7 @@ class Gateway:
         sent = time.time_ns()
         self._route(request, GATEWAY, 0, received, sent)
         self.stats.fill(request.status)
-        answers.put_nowait(request)
+        return request
 
     async def _execute(self, request: core_pb2.Request, outcome: Outcome) -> None:
         path = wire.path_of(request)

@@ -20,6 +20,7 @@ from typing import Protocol, TypeVar
 
 import numpy as np
 
+from lakestack_common.errors import FailedPrecondition
 from lakestack_vector_core.engine import ShardEngine
 from lakestack_vector_core.ops import Delete, Upsert, WriteOp
 from lakestack_vector_core.vectors import Matches
@@ -42,12 +43,16 @@ class Shard(Protocol):
 
 
 class LocalShard:
-    """The engine in this process (one shard, no replicas)."""
+    """The engine in this process: the gateway's own data, or a shard process's (where a
+    follower is ``read_only``: its writes come from the leader's log only)."""
 
-    def __init__(self, engine: ShardEngine) -> None:
+    def __init__(self, engine: ShardEngine, *, read_only: str = "") -> None:
         self.engine = engine
+        self.read_only = read_only  # why writes are refused, if they are
 
     async def write(self, op: WriteOp) -> None:
+        if self.read_only:
+            raise FailedPrecondition(self.read_only)
         await self.engine.write(op)
 
     async def search(

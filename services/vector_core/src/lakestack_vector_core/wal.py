@@ -26,6 +26,7 @@ import numpy as np
 
 from lakestack_common import ndarray
 from lakestack_protos.core import core_pb2
+from lakestack_vector_core import wire
 from lakestack_vector_core.ops import Delete, Upsert, WriteOp
 
 HEADER = struct.Struct("<II")
@@ -38,13 +39,7 @@ class WalCorrupt(RuntimeError):
 
 
 def encode_entry(offset: int, op: WriteOp) -> bytes:
-    request = core_pb2.Request(namespace=op.namespace, path="write")
-    if isinstance(op, Upsert):
-        request.index.ids.extend(op.ids)
-        request.index.data.CopyFrom(ndarray.encode(op.vectors))
-    else:
-        request.delete.ids.extend(op.ids)
-    return core_pb2.LogEntry(offset=offset, entry=request).SerializeToString()
+    return core_pb2.LogEntry(offset=offset, entry=wire.write_request(op)).SerializeToString()
 
 
 def decode_entry(entry: core_pb2.LogEntry) -> WriteOp:

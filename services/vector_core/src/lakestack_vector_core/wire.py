@@ -72,6 +72,17 @@ def decode(request: core_pb2.Request, *, max_top_k: int, max_bytes: int) -> Comm
     return Query(namespace, as_vectors(array, "query.data"), query.top_k, query.include_data)
 
 
+def write_request(op: Upsert | Delete) -> core_pb2.Request:
+    """The request that performs ``op`` (what the WAL stores and the gateway sends a shard)."""
+    request = core_pb2.Request(namespace=op.namespace, path=WRITE_PATH)
+    if isinstance(op, Upsert):
+        request.index.ids.extend(op.ids)
+        request.index.data.CopyFrom(ndarray.encode(op.vectors))
+    else:
+        request.delete.ids.extend(op.ids)
+    return request
+
+
 def write_matches(request: core_pb2.Request, results: list[Matches]) -> None:
     compress = request.query.data.compressed
     request.query.ClearField("data")

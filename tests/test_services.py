@@ -62,6 +62,7 @@ BUILT: dict[str, set[str]] = {
     },
     "waymaker.streams.WaymakerKvService": ALL,
     "waymaker.streams.WaymakerCollectionsService": ALL,
+    "core.RPCClient": ALL,
 }  # fmt: skip
 
 SERVICES = {info.name: info for info in topology.SERVICES}

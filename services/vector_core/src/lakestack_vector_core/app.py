@@ -58,10 +58,16 @@ class VectorCoreService(Service):
 
     def __init__(self, settings: VectorCoreSettings) -> None:
         super().__init__(settings)
-        # pool x OpenMP threads <= cores: faiss must not oversubscribe the machine.
-        faiss.omp_set_num_threads(settings.omp_threads)
-        self.pool = ThreadPoolExecutor(settings.pool_workers, thread_name_prefix="vector-core")
-        self.maintenance = ThreadPoolExecutor(1, thread_name_prefix="vector-core-maintenance")
+        # pool x OpenMP threads <= cores: faiss must not oversubscribe the machine. OpenMP's
+        # thread count is per calling thread, so every worker sets its own.
+        threads = settings.omp_threads
+        faiss.omp_set_num_threads(threads)
+        self.pool = ThreadPoolExecutor(
+            settings.pool_workers, "vector-core", initializer=faiss.omp_set_num_threads, initargs=(threads,)
+        )
+        self.maintenance = ThreadPoolExecutor(
+            1, "vector-core-maintenance", initializer=faiss.omp_set_num_threads, initargs=(threads,)
+        )
         self.engine: ShardEngine | None = None
         self.follower: Follower | None = None
         self.processes: ShardProcesses | None = None

@@ -36,18 +36,23 @@ WriteOp = Upsert | Delete
 def check_ids(ids: Sequence[str], what: str, *, unique: bool) -> list[str]:
     if not ids:
         raise InvalidArgument(f"{what} names no ids")
-    for vector_id in ids:
-        if not vector_id:
-            raise InvalidArgument(f"{what}: ids must be non-empty strings")
-        if "\x00" in vector_id:
-            raise InvalidArgument(f"{what}: id {vector_id!r} contains a NUL character")
-        if len(vector_id.encode()) > MAX_ID_BYTES:
-            raise InvalidArgument(f"{what}: id {vector_id[:32]!r}... is longer than {MAX_ID_BYTES} bytes")
-    if unique and len(set(ids)) != len(ids):
+    ids = list(ids)
+    distinct = set(ids)
+    if "" in distinct:
+        raise InvalidArgument(f"{what}: ids must be non-empty strings")
+    if "\x00" in "".join(ids):
+        bad = next(i for i in ids if "\x00" in i)
+        raise InvalidArgument(f"{what}: id {bad!r} contains a NUL character")
+    # A character is at most 4 UTF-8 bytes: only long ids need encoding to measure.
+    if max(map(len, ids)) * 4 > MAX_ID_BYTES:
+        for vector_id in ids:
+            if len(vector_id.encode()) > MAX_ID_BYTES:
+                raise InvalidArgument(f"{what}: id {vector_id[:32]!r}... is longer than {MAX_ID_BYTES} bytes")
+    if unique and len(distinct) != len(ids):
         seen: set[str] = set()
         duplicate = next(i for i in ids if i in seen or seen.add(i))  # type: ignore[func-returns-value]
         raise InvalidArgument(f"{what}: id {duplicate!r} appears more than once in one batch")
-    return list(ids)
+    return ids
 
 
 def as_vectors(array: np.ndarray, what: str, *, rows: int | None = None) -> np.ndarray:

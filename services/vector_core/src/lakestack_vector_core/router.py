@@ -95,6 +95,8 @@ class Router:
 
     def _split(self, ids: list[str]) -> dict[int, list[int]]:
         """Shard -> positions in ``ids`` it owns."""
+        if len(self.shards) == 1:
+            return {0: list(range(len(ids)))}
         positions: dict[int, list[int]] = {}
         for position, vector_id in enumerate(ids):
             positions.setdefault(shard_of(vector_id, len(self.shards)), []).append(position)
@@ -175,13 +177,18 @@ class Router:
 
 def merge(parts: list[Matches], top_k: int) -> Matches:
     """The best ``top_k`` of several shards' matches for one query (higher score first, then id)."""
-    ids = [i for part in parts for i in part.ids]
-    if not ids:
-        return Matches([], np.empty(0, np.float32))
-    scores = np.concatenate([part.scores for part in parts]).astype(np.float32, copy=False)
-    order = np.lexsort((np.array(ids), -scores))[:top_k]
+    if len(parts) == 1:
+        return parts[0]
+    ranked = sorted(
+        (-score, vector_id, part, position)
+        for part, matches in enumerate(parts)
+        for position, (vector_id, score) in enumerate(zip(matches.ids, matches.scores.tolist(), strict=True))
+    )[:top_k]
     vectors = None
     if parts[0].vectors is not None:
-        stacked = np.concatenate([p.vectors for p in parts if p.vectors is not None and len(p.vectors)])
-        vectors = stacked[order] if len(stacked) else stacked
-    return Matches([ids[i] for i in order], scores[order], vectors)
+        dim = next((p.vectors.shape[1] for p in parts if p.vectors is not None and p.vectors.ndim == 2), 0)
+        vectors = np.empty((len(ranked), dim), dtype=np.float32)
+        for row, (_, _, part, position) in enumerate(ranked):
+            vectors[row] = parts[part].vectors[position]  # type: ignore[index]
+    scores = np.array([-r[0] for r in ranked], dtype=np.float32)
+    return Matches([r[1] for r in ranked], scores, vectors)

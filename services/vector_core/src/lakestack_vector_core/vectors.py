@@ -121,17 +121,15 @@ class VectorSet:
 
     def upsert(self, ids: list[str], vectors: np.ndarray) -> None:
         """Insert or replace; ``ids`` are unique and ``vectors`` is (len(ids), dim) float32."""
-        for vector_id in ids:
-            old = self._row.get(vector_id)
-            if old is not None:
-                self._alive[old] = False
+        replaced = self._row.keys() & ids
+        if replaced:
+            self._alive[[self._row[i] for i in replaced]] = False
         start = self.rows
         self._reserve(start + len(ids))
         self._vectors[start : start + len(ids)] = vectors
         self._alive[start : start + len(ids)] = True
         self._ids.extend(ids)
-        for offset, vector_id in enumerate(ids):
-            self._row[vector_id] = start + offset
+        self._row.update(zip(ids, range(start, start + len(ids)), strict=True))
         self._index.add(self.metric.prepare(vectors))
         self._live_bitmap = None
 
@@ -176,18 +174,16 @@ class VectorSet:
         params, keepalive = self._search_params()
         distances, labels = self._index.search(self.metric.prepare(queries), k, params=params)
         del keepalive
-        scores = self.metric.scores(distances)
+        scores = self.metric.scores(distances).astype(np.float32, copy=False)
+        ids = self._ids
         results = []
         for row_labels, row_scores in zip(labels, scores, strict=True):
-            keep = row_labels >= 0
-            rows = row_labels[keep]
-            results.append(
-                Matches(
-                    [self._ids[r] for r in rows],
-                    row_scores[keep].astype(np.float32, copy=False),
-                    self._vectors[rows].copy() if include_data else None,
-                )
-            )
+            if row_labels[-1] < 0:  # fewer than k live candidates were found
+                keep = row_labels >= 0
+                row_labels, row_scores = row_labels[keep], row_scores[keep]
+            rows = row_labels.tolist()
+            vectors = self._vectors[row_labels] if include_data else None
+            results.append(Matches([ids[r] for r in rows], row_scores, vectors))
         return results
 
     def _search_params(self) -> tuple[Any, tuple[Any, ...]]:

@@ -4,8 +4,11 @@ with 1 and 4 shards, and a follower killed with SIGKILL comes back and catches u
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -13,7 +16,10 @@ import numpy as np
 import pytest
 
 from lakestack_common import ndarray
+from lakestack_common.clients import check_health
+from lakestack_common.server import GrpcServer
 from lakestack_common.testing import channel_to, running
+from lakestack_common.topology import free_ports
 from lakestack_protos.core import core_pb2 as pb
 from lakestack_vector_core.app import VectorCoreService
 from lakestack_vector_core.client import VectorClient
@@ -130,3 +136,104 @@ async def test_killed_follower_catches_up_by_replay(tmp_path: Path) -> None:
             answers = await asyncio.gather(*(client.query(data[20:21], top_k=1) for _ in range(20)))
             assert {a.query.matches[0].ids[0] for a in answers} == {"n20"}
         await channel.close()
+
+
+async def test_gateway_in_front_of_shards_started_elsewhere(tmp_path: Path) -> None:
+    """``shard_addresses``: shard processes run on their own (here: in this process on free
+    ports); the gateway spawns nothing and routes to them."""
+    ports = free_ports(3)
+    shard_settings = [
+        VectorCoreSettings(role="shard", data_dir=tmp_path / "s0", shard_index=0, port=ports[0]),
+        VectorCoreSettings(role="shard", data_dir=tmp_path / "s1", shard_index=1, port=ports[1]),
+        VectorCoreSettings(
+            role="shard",
+            data_dir=tmp_path / "s1f",
+            shard_index=1,
+            replica_index=1,
+            leader_address=f"127.0.0.1:{ports[1]}",
+            port=ports[2],
+        ),
+    ]
+    async with contextlib.AsyncExitStack() as stack:
+        shards = []
+        for settings in shard_settings:
+            service = VectorCoreService(settings)
+            server = GrpcServer(service, settings.model_copy(update={"host": "127.0.0.1"}))
+            await server.start()
+            stack.push_async_callback(server.stop, 1.0)
+            shards.append(service)
+        addresses = [[f"127.0.0.1:{ports[0]}"], [f"127.0.0.1:{ports[1]}", f"127.0.0.1:{ports[2]}"]]
+        gateway = VectorCoreService(VectorCoreSettings(data_dir=tmp_path / "gw", shard_addresses=addresses))
+        assert gateway.settings.shards == 2
+        server = await stack.enter_async_context(running(gateway))
+        assert gateway.processes is None
+        channel = channel_to(server, timeout_s=None)
+        stack.push_async_callback(channel.close)
+        client = await stack.enter_async_context(VectorClient(channel))
+
+        data = np.random.default_rng(13).normal(size=(200, DIM)).astype(np.float32)
+        names = [f"e{i}" for i in range(200)]
+        await client.upsert(names, data, check=True)
+        sizes = [shard.engine.namespace_size("") for shard in shards if shard.engine is not None]
+        assert sizes[0] + sizes[1] == 200 and sizes[0] > 0 and sizes[1] > 0
+        answer = await client.query(data[:5], top_k=1, path="write", check=True)
+        assert [m.ids[0] for m in answer.query.matches] == names[:5]
+
+        follower = shards[2].engine
+        assert follower is not None
+
+        async def replicated() -> bool:
+            return follower.namespace_size("") == sizes[1]
+
+        await wait_until(replicated)
+
+
+def children_of(pid: int) -> set[int]:
+    found: set[int] = set()
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        found.update(int(c) for c in (task / "children").read_text().split())
+    return found
+
+
+async def test_shard_processes_stop_when_the_gateway_is_killed(tmp_path: Path) -> None:
+    port = free_ports(1)[0]
+    env = {
+        **os.environ,
+        "LAKESTACK_VECTOR_CORE_HOST": "127.0.0.1",
+        "LAKESTACK_VECTOR_CORE_PORT": str(port),
+        "LAKESTACK_VECTOR_CORE_DATA_DIR": str(tmp_path),
+        "LAKESTACK_VECTOR_CORE_SHARDS": "2",
+    }
+    gateway = start_gateway(env, tmp_path / "gateway.log")
+    try:
+
+        async def serving() -> bool:
+            return await check_health(f"127.0.0.1:{port}", timeout_s=1.0) == "SERVING"
+
+        await wait_until(serving)
+        shards = children_of(gateway.pid)
+        assert len(shards) == 2
+        gateway.kill()
+        gateway.wait()
+
+        async def shards_gone() -> bool:
+            return not any(_alive(pid) for pid in shards)
+
+        await wait_until(shards_gone, limit_s=30)
+    finally:
+        if gateway.poll() is None:
+            gateway.kill()
+
+
+def start_gateway(env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
+    script = str(Path(sys.executable).parent / "lakestack-vector-core")
+    with log.open("wb") as fh:
+        return subprocess.Popen([script], env=env, stdout=fh, stderr=subprocess.STDOUT)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
 from concurrent.futures import ThreadPoolExecutor
 
 import faiss
@@ -26,6 +27,7 @@ from lakestack_vector_core.supervisor import ShardProcesses
 from lakestack_vector_core.vectors import IndexParams, Metric
 
 POSITION_METHOD = "/lakestack.vector.v1.ShardService/Position"
+ORPHAN_CHECK_S = 1.0
 # Seconds the gateway waits for its shard processes to answer at startup.
 SHARD_STARTUP_S = 120.0
 
@@ -72,6 +74,7 @@ class VectorCoreService(Service):
         self.follower: Follower | None = None
         self.processes: ShardProcesses | None = None
         self.groups: list[ShardGroup] = []
+        self._orphan_watch: asyncio.Task[None] | None = None
         self.router = Router([])
         limits = Limits(
             max_top_k=settings.max_top_k,
@@ -100,6 +103,16 @@ class VectorCoreService(Service):
             self.follower.start()
         if self.engine is None:
             await self._connect_shards()
+        if self.settings.gateway_pid:
+            self._orphan_watch = asyncio.create_task(self._stop_without_gateway(self.settings.gateway_pid))
+
+    async def _stop_without_gateway(self, gateway_pid: int) -> None:
+        """A shard process started by a gateway stops (gracefully) once that gateway is gone."""
+        while True:
+            await asyncio.sleep(ORPHAN_CHECK_S)
+            if os.getppid() != gateway_pid:  # re-parented: the gateway is gone
+                os.kill(os.getpid(), signal.SIGTERM)
+                return
 
     async def _connect_shards(self) -> None:
         settings = self.settings
@@ -127,6 +140,8 @@ class VectorCoreService(Service):
                         await asyncio.sleep(0.1)
 
     async def stop(self) -> None:
+        if self._orphan_watch is not None:
+            self._orphan_watch.cancel()
         if self.follower is not None:
             await self.follower.stop()
         for group in self.groups:

@@ -75,6 +75,8 @@ class VectorCoreSettings(ServiceSettings):
     replica_index: int = Field(0, ge=0)
     # Followers only: where their shard's leader listens.
     leader_address: str = ""
+    # Set by a gateway for the shard processes it starts: they stop when that process is gone.
+    gateway_pid: int = Field(0, ge=0)
 
     @field_validator("metric", mode="before")
     @classmethod

@@ -3,15 +3,14 @@ exits, and stops them with itself.
 
 Each child is this same program with ``role = "shard"``, its own port on loopback and its own
 data directory (``<data_dir>/shard-<s>/replica-<r>``); replica 0 leads, the others follow it.
-Children get the gateway's engine settings through the environment and die with the gateway
-(``PR_SET_PDEATHSIG``), so a ``kill -9`` of the gateway leaves no orphans.
+Children get the gateway's engine settings through the environment and stop when the gateway
+is gone (``gateway_pid``: they watch their parent), so a ``kill -9`` of the gateway leaves no
+orphans.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import ctypes
 import json
 import logging
 import os
@@ -44,12 +43,6 @@ ENGINE_FIELDS = (
     "log_level",
     "log_format",
 )
-PR_SET_PDEATHSIG = 1
-
-
-def _die_with_parent() -> None:
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 class ShardProcesses:
@@ -86,6 +79,7 @@ class ShardProcesses:
                 prefix + "WORKERS": str(max(1, settings.pool_workers // processes)),
                 prefix + "FAISS_THREADS": "1",
                 prefix + "AUTH_TOKENS": "{}",
+                prefix + "GATEWAY_PID": str(os.getpid()),
             }
         )
         return env
@@ -96,7 +90,6 @@ class ShardProcesses:
             "-m",
             "lakestack_vector_core",
             env=self._environment(shard, replica),
-            preexec_fn=_die_with_parent,
         )
         self.processes[(shard, replica)] = process
         log.info(

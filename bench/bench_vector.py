@@ -18,7 +18,8 @@ Systems, in one run, on the same data:
 * ``brute force``: exact top-10 (faiss ``IndexFlatIP`` on normalised vectors, all cores): the
   ground truth every recall is computed against.
 * ``faiss IVF in-process``: the ceiling. The same index the service builds at this size and the
-  same parameters (``IndexIVFFlat``, ``nlist = vectors.ivf_lists(n)``, ``nprobe = 32``),
+  same parameters (``IndexIVFFlat``, ``nlist = vectors.ivf_lists(n)``, the same k-means, and
+  ``nprobe`` calibrated by the service's own ``calibrate_nprobe`` to the same target recall),
   in this process, OpenMP on every core; no RPC, no WAL, no copy of the data.
 * ``service, 1 shard``: a ``lakestack-vector-core`` process (fresh data dir) holding the data
   itself; ``service, 4 shards``: the gateway process plus 4 shard processes it spawns (each
@@ -54,7 +55,13 @@ from benchlib import Deadline, Report, Table, fmt_int, fmt_num, percentile
 from lakestack_common.clients import check_health
 from lakestack_common.topology import free_port
 from lakestack_vector_core.client import VectorClient
-from lakestack_vector_core.vectors import ivf_lists
+from lakestack_vector_core.vectors import (
+    KMEANS_ITERATIONS,
+    KMEANS_POINTS_PER_LIST,
+    IndexParams,
+    calibrate_nprobe,
+    ivf_lists,
+)
 
 NAME = "vector"
 ORDER = 4
@@ -65,7 +72,7 @@ SECTION_HEADING = "## vector-core: recall, QPS, latency and indexing vs faiss in
 SCRIPT = str(Path(sys.executable).parent / "lakestack-vector-core")
 PREFIX = "LAKESTACK_VECTOR_CORE_"
 K = 10
-NPROBE = 32
+DEFAULTS = IndexParams()  # the service's defaults: the ceiling uses the same
 BATCH = 100
 WRITES_IN_FLIGHT = 8
 QUERIES_IN_FLIGHT = 4
@@ -175,16 +182,20 @@ def faiss_ivf(data: DataSet, deadline: Deadline) -> Row:
     lists = ivf_lists(len(base))
     quantizer = faiss.IndexFlatIP(base.shape[1])
     index = faiss.IndexIVFFlat(quantizer, base.shape[1], lists, faiss.METRIC_INNER_PRODUCT)
+    index.cp.niter = KMEANS_ITERATIONS  # the service's k-means
+    picks = KMEANS_POINTS_PER_LIST * lists
     sample = (
         base
-        if len(base) <= 64 * lists
-        else base[np.random.default_rng(0).choice(len(base), 64 * lists, False)]
+        if len(base) <= picks
+        else base[np.sort(np.random.default_rng(0).choice(len(base), picks, False))]
     )
     index.train(sample)
-    index.nprobe = NPROBE
     started = time.perf_counter()
     index.add(base)
     add_rate = len(base) / (time.perf_counter() - started)
+    index.nprobe = calibrate_nprobe(
+        index, base, faiss.METRIC_INNER_PRODUCT, DEFAULTS.ivf_nprobe, DEFAULTS.target_recall
+    )
     started = time.perf_counter()
     found = np.concatenate(
         [index.search(queries[i : i + BATCH], K)[1] for i in range(0, len(queries), BATCH)]
@@ -199,7 +210,7 @@ def faiss_ivf(data: DataSet, deadline: Deadline) -> Row:
         latencies.append(time.perf_counter() - started)
     latencies.sort()
     return Row(
-        f"faiss IVF in-process (nlist {lists}, nprobe {NPROBE})",
+        f"faiss IVF in-process (nlist {lists}, nprobe {index.nprobe})",
         recall=recall(found, data.truth),
         b1_qps=len(latencies) / sum(latencies),
         b1_p50_ms=percentile(latencies, 50) * 1e3,
@@ -241,7 +252,6 @@ def service(shards: int) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
         PREFIX + "LOG_LEVEL": "WARNING",
         PREFIX + "SHARDS": str(shards),
         PREFIX + "METRIC": "cosine",
-        PREFIX + "IVF_NPROBE": str(NPROBE),
     }
     process = subprocess.Popen([SCRIPT], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
@@ -408,7 +418,8 @@ def run(quick: bool, progress: Callable[[str], None]) -> Report:
         NAME,
         TITLE,
         f"k={K}, cosine; batches of {BATCH}; {WRITES_IN_FLIGHT} writes / {QUERIES_IN_FLIGHT} batch queries "
-        f"in flight; IVF nprobe {NPROBE}; {os.cpu_count()} cores shared by client and server",
+        f"in flight; IVF nprobe calibrated to recall {DEFAULTS.target_recall} (service and ceiling alike); "
+        f"{os.cpu_count()} cores shared by client and server",
     )
     synthetic_rows: list[Row] = []
     for data in sets:

@@ -37,6 +37,7 @@ def engine_config(settings: VectorCoreSettings) -> EngineConfig:
         exact_threshold=settings.exact_threshold,
         ann_index=settings.ann_index,
         ivf_nprobe=settings.ivf_nprobe,
+        target_recall=settings.target_recall,
         hnsw_m=settings.hnsw_m,
         hnsw_ef_construction=settings.hnsw_ef_construction,
         hnsw_ef_search=settings.hnsw_ef_search,

@@ -43,7 +43,10 @@ class VectorCoreSettings(ServiceSettings):
     # Exact (flat) search below this many vectors per namespace and shard, ANN above.
     exact_threshold: int = Field(20_000, ge=1)
     ann_index: Literal["ivf", "hnsw"] = "ivf"
-    ivf_nprobe: int = Field(32, ge=1)
+    # IVF probes: calibrated per index build to reach `target_recall` (recall@10 measured on a
+    # sample of the data against brute force), starting at `ivf_nprobe`; 0 = always `ivf_nprobe`.
+    ivf_nprobe: int = Field(16, ge=1)
+    target_recall: float = Field(0.97, ge=0, le=1)
     hnsw_m: int = Field(32, ge=4)
     hnsw_ef_construction: int = Field(40, ge=8)
     hnsw_ef_search: int = Field(64, ge=1)

@@ -32,6 +32,7 @@ ENGINE_FIELDS = (
     "exact_threshold",
     "ann_index",
     "ivf_nprobe",
+    "target_recall",
     "hnsw_m",
     "hnsw_ef_construction",
     "hnsw_ef_search",

@@ -37,6 +37,8 @@ INITIAL_CAPACITY = 1024
 IVF_REGROW_FACTOR = 4
 KMEANS_ITERATIONS = 10
 KMEANS_POINTS_PER_LIST = 40
+CALIBRATION_QUERIES = 256
+CALIBRATION_K = 10
 
 
 class Metric(enum.Enum):
@@ -66,7 +68,8 @@ class Metric(enum.Enum):
 class IndexParams:
     exact_threshold: int = 20_000
     ann_index: str = "ivf"  # "ivf" | "hnsw"
-    ivf_nprobe: int = 32
+    ivf_nprobe: int = 16  # the smallest nprobe calibration starts from (the fixed one without it)
+    target_recall: float = 0.97  # calibrate nprobe to this recall@10 on a sample (0 = off)
     hnsw_m: int = 32
     hnsw_ef_construction: int = 40
     hnsw_ef_search: int = 64
@@ -77,6 +80,38 @@ def ivf_lists(count: int) -> int:
     """Inverted lists for an IVF index trained on ``count`` vectors: about 4 sqrt(n), but at least
     39 training points per list (k-means is unreliable below that, and faiss says so)."""
     return int(min(4096, max(16, min(round(4 * math.sqrt(count)), count // 39))))
+
+
+def calibrate_nprobe(index: Any, vectors: np.ndarray, metric: int, start: int, target: float) -> int:
+    """The smallest nprobe (``start``, doubling) whose recall@10 reaches ``target`` on this data.
+
+    Recall depends on the data as much as on nlist (25 points per cluster need far more probes
+    than 100), so a fixed nprobe is wrong somewhere. The probe queries are stored vectors (rows
+    of ``vectors``, which are the index's labels), each one's own row left out of both result
+    lists; exact neighbours come from a brute-force ``faiss.knn``.
+    """
+    lists = int(index.nlist)
+    if len(vectors) <= CALIBRATION_K + 1:
+        return min(start, lists)
+    count = min(CALIBRATION_QUERIES, len(vectors))
+    picks = np.sort(np.random.default_rng(7).choice(len(vectors), count, replace=False))
+    queries = vectors[picks]
+    _, truth = faiss.knn(queries, vectors, CALIBRATION_K + 1, metric=metric)
+    expected = [
+        set([int(x) for x in row if x != own][:CALIBRATION_K]) for row, own in zip(truth, picks, strict=True)
+    ]
+    nprobe = min(start, lists)
+    while True:
+        params = faiss.SearchParametersIVF()
+        params.nprobe = nprobe
+        _, found = index.search(queries, CALIBRATION_K + 1, params=params)
+        hits = sum(
+            len(want.intersection([int(x) for x in row if x != own][:CALIBRATION_K]))
+            for want, row, own in zip(expected, found, picks, strict=True)
+        )
+        if hits >= target * CALIBRATION_K * count or nprobe >= lists:
+            return nprobe
+        nprobe = min(nprobe * 2, lists)
 
 
 @dataclass
@@ -95,6 +130,7 @@ class VectorSet:
         self.params = params
         self.tier = tier  # "flat" | "ivf" | "hnsw"
         self.trained_on = 0  # live vectors the IVF index was trained with
+        self.nprobe = params.ivf_nprobe  # IVF only; calibrated when the index is built
         self._vectors = np.empty((INITIAL_CAPACITY, dim), dtype=np.float32)
         self._alive = np.zeros(INITIAL_CAPACITY, dtype=bool)
         self._ids: list[str] = []
@@ -197,7 +233,7 @@ class VectorSet:
         params: Any
         if self.tier == "ivf":
             params = faiss.SearchParametersIVF()
-            params.nprobe = self.params.ivf_nprobe
+            params.nprobe = self.nprobe
         elif self.tier == "hnsw":
             params = faiss.SearchParametersHNSW()  # type: ignore[attr-defined]  # missing from faiss's stubs
             params.efSearch = self.params.hnsw_ef_search
@@ -242,6 +278,14 @@ class VectorSet:
             fresh.trained_on = len(ids)
         if ids:
             fresh.upsert(ids, vectors)
+        if tier == "ivf" and params.target_recall > 0:
+            fresh.nprobe = calibrate_nprobe(
+                fresh._index,
+                metric.prepare(vectors),
+                metric.faiss_metric,
+                params.ivf_nprobe,
+                params.target_recall,
+            )
         return fresh
 
     def _new_flat(self) -> Any:
@@ -268,7 +312,6 @@ class VectorSet:
             )
             sample = training[np.sort(picks)]
         index.train(sample)
-        index.nprobe = self.params.ivf_nprobe
         return index
 
     # -- snapshots -----------------------------------------------------------------------------
@@ -283,6 +326,7 @@ class VectorSet:
             "metric": self.metric.value,
             "tier": self.tier,
             "trained_on": self.trained_on,
+            "nprobe": self.nprobe,
             "rows": self.rows,
         }
         return {
@@ -299,6 +343,7 @@ class VectorSet:
         dim, rows = int(meta["dim"]), int(meta["rows"])
         vs = cls(dim, Metric(meta["metric"]), params, tier=meta["tier"])
         vs.trained_on = int(meta["trained_on"])
+        vs.nprobe = int(meta.get("nprobe", params.ivf_nprobe))
         vs._reserve(rows)
         vs._vectors[:rows] = np.frombuffer(parts["vectors.f32"], dtype=np.float32).reshape(rows, dim)
         vs._alive[:rows] = np.frombuffer(parts["alive.bool"], dtype=bool)

@@ -26,11 +26,13 @@ Systems, in one run, on the same data:
   shard holds ~n/4 vectors and builds its own index). Clients in this process over
   ``VectorClient`` (one Call stream).
 
-Measured: indexing (batches of 100 ids, 8 requests in flight, acknowledged = fsynced and
-searchable) with raw and with lz4-compressed NdArrays (two namespaces, raw first; queries use the
-raw one); then, after the background index build settles, batch-1 queries one at a time (p50/p99
-latency, QPS) and batch-100 queries with 4 requests in flight (QPS); recall@10 of the batch-100
-answers; RSS = VmRSS summed over the service's processes after everything.
+Measured: indexing into namespace ``raw`` (batches of 100 ids, 8 requests in flight,
+acknowledged = fsynced and searchable); after the background index build settles, batch-1 queries
+one at a time (p50/p99 latency, QPS) and batch-100 queries with 4 requests in flight (QPS) on it;
+recall@10 of the batch-100 answers; then indexing the same vectors lz4-compressed into namespace
+``lz4``; RSS = VmRSS summed over the service's processes after everything (both namespaces).
+"Same recall" for the QPS goal: the ceiling's batch-100 QPS at the cheapest nprobe whose recall
+reaches the service's (the ceiling sweeps nprobe 8..512).
 """
 
 from __future__ import annotations
@@ -101,6 +103,8 @@ class Row:
     index_lz4: float = math.nan
     rss_mb: float = math.nan
     same_label: float = math.nan
+    # The ceiling only: (nprobe, recall@10, batch-100 QPS) for every nprobe tried.
+    curve: list[tuple[int, float, float]] = field(default_factory=list)
 
 
 def synthetic(n: int, queries: int, dim: int = 128, clusters: int = 1000) -> DataSet:
@@ -193,9 +197,10 @@ def faiss_ivf(data: DataSet, deadline: Deadline) -> Row:
     started = time.perf_counter()
     index.add(base)
     add_rate = len(base) / (time.perf_counter() - started)
-    index.nprobe = calibrate_nprobe(
+    calibrated = calibrate_nprobe(
         index, base, faiss.METRIC_INNER_PRODUCT, DEFAULTS.ivf_nprobe, DEFAULTS.target_recall
     )
+    index.nprobe = calibrated
     started = time.perf_counter()
     found = np.concatenate(
         [index.search(queries[i : i + BATCH], K)[1] for i in range(0, len(queries), BATCH)]
@@ -209,8 +214,20 @@ def faiss_ivf(data: DataSet, deadline: Deadline) -> Row:
         index.search(queries[i : i + 1], K)
         latencies.append(time.perf_counter() - started)
     latencies.sort()
+    curve = []
+    for nprobe in (8, 16, 32, 64, 128, 256, 512):
+        if nprobe > lists:
+            break
+        index.nprobe = nprobe
+        started = time.perf_counter()
+        labels = np.concatenate(
+            [index.search(queries[i : i + BATCH], K)[1] for i in range(0, len(queries), BATCH)]
+        )
+        curve.append((nprobe, recall(labels, data.truth), len(queries) / (time.perf_counter() - started)))
+    index.nprobe = calibrated
     return Row(
-        f"faiss IVF in-process (nlist {lists}, nprobe {index.nprobe})",
+        f"faiss IVF in-process (nlist {lists}, nprobe {calibrated})",
+        curve=curve,
         recall=recall(found, data.truth),
         b1_qps=len(latencies) / sum(latencies),
         b1_p50_ms=percentile(latencies, 50) * 1e3,
@@ -298,7 +315,6 @@ async def measure_service(data: DataSet, shards: int, deadline: Deadline) -> Row
         await wait_serving(address, process)
         async with VectorClient.connect(address) as client:
             raw = await index_all(client, data, "raw", compress=False)
-            lz4 = await index_all(client, data, "lz4", compress=True)
             await asyncio.sleep(SETTLE_S if len(data.base) > 20_000 else 1.0)
             for i in range(min(50, len(data.queries))):  # warm up
                 await client.query(data.queries[i : i + 1], K, namespace="raw", check=True)
@@ -328,6 +344,8 @@ async def measure_service(data: DataSet, shards: int, deadline: Deadline) -> Row
             found = [row for start in sorted(answers) for row in answers[start]]
             info = await client.info(namespace="raw", check=True)
             assert info.info.index_size == len(data.base), info.info.index_size
+            # The lz4 pass goes last so that its background index build cannot disturb the queries.
+            lz4 = await index_all(client, data, "lz4", compress=True)
         rss = process_tree_rss_mb(process.pid)
     return Row(
         f"service, {shards} shard{'s' if shards > 1 else ''} (gRPC)",
@@ -390,10 +408,13 @@ def goals(rows: list[Row], n: int) -> list[str]:
     worst_recall = min(r.recall for r in services)
     notes.append(f"Goal recall@10 >= 0.95: {verdict(worst_recall >= 0.95)} (lowest {worst_recall:.3f}).")
     for r in services:
-        ratio = r.b100_qps / ceiling.b100_qps
+        # faiss at the same recall: the cheapest nprobe whose recall reaches the service's.
+        matched = next(((p, rc, q) for p, rc, q in ceiling.curve if rc >= r.recall), ceiling.curve[-1])
+        ratio = r.b100_qps / matched[2]
         notes.append(
             f"Goal batched QPS >= 0.8 x in-process faiss at the same recall, {r.system}: "
-            f"{verdict(ratio >= 0.8)} ({ratio:.2f} x; recall {r.recall:.3f} vs {ceiling.recall:.3f})."
+            f"{verdict(ratio >= 0.8)} ({ratio:.2f} x: {r.b100_qps:,.0f} QPS at recall {r.recall:.3f} vs "
+            f"faiss {matched[2]:,.0f} QPS at nprobe {matched[0]}, recall {matched[1]:.3f})."
         )
         notes.append(
             f"Goal single-query p99 <= 5 ms at {n:,} vectors, {r.system}: {verdict(r.b1_p99_ms <= 5)} "

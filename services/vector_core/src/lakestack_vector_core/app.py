@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
+import threading
 from concurrent.futures import ThreadPoolExecutor
 
 import faiss
@@ -28,8 +30,17 @@ from lakestack_vector_core.vectors import IndexParams, Metric
 
 POSITION_METHOD = "/lakestack.vector.v1.ShardService/Position"
 ORPHAN_CHECK_S = 1.0
+BACKGROUND_NICE = 10
 # Seconds the gateway waits for its shard processes to answer at startup.
 SHARD_STARTUP_S = 120.0
+
+
+def _background_thread(omp_threads: int) -> None:
+    """Rebuilds and snapshot files run at a lower CPU priority: when the cores are busy, queries
+    and writes go first and the background work takes longer."""
+    faiss.omp_set_num_threads(omp_threads)
+    with contextlib.suppress(OSError, AttributeError):  # Linux: nice applies per thread
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), BACKGROUND_NICE)
 
 
 def engine_config(settings: VectorCoreSettings) -> EngineConfig:
@@ -69,7 +80,7 @@ class VectorCoreService(Service):
             settings.pool_workers, "vector-core", initializer=faiss.omp_set_num_threads, initargs=(threads,)
         )
         self.maintenance = ThreadPoolExecutor(
-            1, "vector-core-maintenance", initializer=faiss.omp_set_num_threads, initargs=(threads,)
+            1, "vector-core-maintenance", initializer=_background_thread, initargs=(threads,)
         )
         self.engine: ShardEngine | None = None
         self.follower: Follower | None = None

@@ -182,3 +182,46 @@ def test_flat_set_agrees_with_a_dict_model(steps: list[tuple[str, list[int]]], s
     result = vectors.search(query, 3, False)[0]
     expected = sorted(model, key=lambda name: -float(model[name] @ query[0]))[:3]
     assert set(result.ids) == set(expected)
+
+
+async def test_a_rebuild_that_falls_behind_is_followed_by_the_next(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """Writes that land while a rebuild runs can push the namespace past its next rebuild point;
+    the engine starts that one when the first finishes, without waiting for another write."""
+    import asyncio
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    from lakestack_vector_core.engine import EngineConfig, ShardEngine
+    from lakestack_vector_core.ops import Upsert
+
+    gate = threading.Event()
+    original = VectorSet.rebuilt.__func__  # type: ignore[attr-defined]
+
+    def slow_rebuilt(cls: type[VectorSet], *args: object) -> VectorSet:
+        gate.wait(30)  # the live rows are copied already: writes meanwhile go to the journal
+        return original(cls, *args)  # type: ignore[no-any-return]
+
+    pool, maintenance = ThreadPoolExecutor(2), ThreadPoolExecutor(1)
+    engine = ShardEngine(EngineConfig(tmp_path, IndexParams(exact_threshold=200)), pool, maintenance)
+    await engine.open()
+    VectorSet.rebuilt = classmethod(slow_rebuilt)  # type: ignore[method-assign, assignment]
+    try:
+        data = clustered(1000, 16)
+        await engine.write(Upsert("", [str(i) for i in range(250)], data[:250]))  # crosses 200: rebuild 1
+        for _ in range(100):  # until rebuild 1 has copied its 250 rows and waits at the gate
+            if engine._namespaces[""]._journal is not None:
+                break
+            await asyncio.sleep(0.01)
+        await engine.write(Upsert("", [str(i) for i in range(250, 1000)], data[250:]))  # 4x past 250
+        gate.set()
+        for _ in range(300):
+            vectors = engine._namespaces[""]._vectors
+            if vectors.tier == "ivf" and vectors.trained_on == 1000:
+                break
+            await asyncio.sleep(0.05)
+        assert engine._namespaces[""]._vectors.trained_on == 1000
+    finally:
+        VectorSet.rebuilt = classmethod(original)  # type: ignore[method-assign, assignment]
+        await engine.close()
+        pool.shutdown()
+        maintenance.shutdown()

@@ -276,8 +276,14 @@ class ShardEngine:
         def done(f: asyncio.Future[Any]) -> None:
             self._background.discard(f)
             self._rebuilding.discard(name)
-            if not f.cancelled() and f.exception() is not None:
+            if f.cancelled():
+                return
+            if f.exception() is not None:
                 log.error("rebuild of namespace %r failed: %s", name, f.exception())
+            elif self._writer is not None and self._namespaces.get(name) is namespace:
+                # Writes that landed during the rebuild may call for the next one (the set grew
+                # past 4x its training size meanwhile); no later commit would notice.
+                self._maybe_rebuild(name, namespace)
 
         future.add_done_callback(done)
 

@@ -98,7 +98,7 @@ class CallWrapper(aio.ServerInterceptor):
         if streams_out and inspect.isasyncgenfunction(behavior):
 
             async def stream_behavior(request: Any, context: aio.ServicerContext) -> AsyncIterator[Any]:
-                started, sent = time.perf_counter(), 0
+                started, sent, peer = time.perf_counter(), 0, context.peer()
                 try:
                     await check_ready(context)
                     async for response in behavior(request, context):
@@ -109,12 +109,12 @@ class CallWrapper(aio.ServerInterceptor):
                 except Exception as exc:
                     await _abort_for(exc, context, method)
                 finally:
-                    _log_call(method, context, started, sent)
+                    _log_call(method, context, started, sent, peer)
 
             return stream_behavior
 
         async def call_behavior(request: Any, context: aio.ServicerContext) -> Any:
-            started = time.perf_counter()
+            started, peer = time.perf_counter(), context.peer()
             try:
                 await check_ready(context)
                 result = behavior(request, context)
@@ -126,12 +126,14 @@ class CallWrapper(aio.ServerInterceptor):
             except Exception as exc:
                 await _abort_for(exc, context, method)
             finally:
-                _log_call(method, context, started, None)
+                _log_call(method, context, started, None, peer)
 
         return call_behavior
 
 
-def _log_call(method: str, context: aio.ServicerContext, started: float, sent: int | None) -> None:
+def _log_call(method: str, context: aio.ServicerContext, started: float, sent: int | None, peer: str) -> None:
+    # ``peer`` is read when the call starts: grpcio's context.peer() can crash the process
+    # (SIGSEGV) once the client is gone, e.g. a follower killed mid-stream.
     if not log.isEnabledFor(logging.INFO) and context.code() in (None, grpc.StatusCode.OK):
         return  # the access log is the largest per-call cost (bench/RESULTS.md): skip its formatting
     code = context.code()
@@ -142,7 +144,7 @@ def _log_call(method: str, context: aio.ServicerContext, started: float, sent: i
         "method": method,
         "status": status,
         "duration_ms": round((time.perf_counter() - started) * 1000, 3),
-        "peer": context.peer(),
+        "peer": peer,
     }
     if sent is not None:
         fields["messages_sent"] = sent

@@ -226,10 +226,13 @@ class VectorSet:
 
     def _search_params(self) -> tuple[Any, tuple[Any, ...]]:
         selector = None
+        bitmap = self._live_bitmap
         if self.dead:
-            if self._live_bitmap is None:
-                self._live_bitmap = np.packbits(self._alive[: self.rows], bitorder="little")
-            selector = faiss.IDSelectorBitmap(self.rows, faiss.swig_ptr(self._live_bitmap))
+            # Searches run concurrently (shared lock): each keeps its own reference to the bitmap
+            # its selector points into, whatever another search caches meanwhile.
+            if bitmap is None:
+                bitmap = self._live_bitmap = np.packbits(self._alive[: self.rows], bitorder="little")
+            selector = faiss.IDSelectorBitmap(self.rows, faiss.swig_ptr(bitmap))
         params: Any
         if self.tier == "ivf":
             params = faiss.SearchParametersIVF()
@@ -242,7 +245,7 @@ class VectorSet:
         if selector is None:
             return params, ()
         params.sel = selector
-        return params, (selector, self._live_bitmap)
+        return params, (selector, bitmap)
 
     # -- rebuilds ------------------------------------------------------------------------------
 

@@ -14,7 +14,8 @@ from pathlib import Path
 
 import grpc
 
-from lakestack_common.clients import StreamsClient, check_health
+from lakestack_common.clients import StreamsClient
+from lakestack_common.testing import wait_serving
 from lakestack_common.topology import free_port
 from lakestack_protos.waymaker.streams import waymaker_streams_pb2 as pb
 
@@ -26,16 +27,6 @@ def start(data: Path, port: int, log: Path) -> subprocess.Popen[bytes]:
            "LAKESTACK_STREAMS_DATA_DIR": str(data)}  # fmt: skip
     with log.open("ab") as fh:
         return subprocess.Popen([SCRIPT], env=env, stdout=fh, stderr=subprocess.STDOUT)
-
-
-async def wait_serving(address: str, process: subprocess.Popen[bytes]) -> None:
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        assert process.poll() is None, "server exited"
-        if await check_health(address, timeout_s=1.0) == "SERVING":
-            return
-        await asyncio.sleep(0.1)
-    raise AssertionError("not serving")
 
 
 ACK_WAIT_MS = 500  # so deliveries left unacked by the crash come back quickly

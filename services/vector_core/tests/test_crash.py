@@ -10,14 +10,13 @@ import os
 import signal
 import subprocess
 import sys
-import time
 import zlib
 from pathlib import Path
 
 import numpy as np
 
 from lakestack_common import ndarray
-from lakestack_common.clients import check_health
+from lakestack_common.testing import wait_serving
 from lakestack_common.topology import free_port
 from lakestack_protos.core import core_pb2 as pb
 from lakestack_vector_core.client import VectorClient
@@ -38,16 +37,6 @@ def start(data: Path, port: int, log: Path) -> subprocess.Popen[bytes]:
     }
     with log.open("ab") as fh:
         return subprocess.Popen([SCRIPT], env=env, stdout=fh, stderr=subprocess.STDOUT)
-
-
-async def wait_serving(address: str, process: subprocess.Popen[bytes]) -> None:
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        assert process.poll() is None, "server exited"
-        if await check_health(address, timeout_s=1.0) == "SERVING":
-            return
-        await asyncio.sleep(0.1)
-    raise AssertionError("not serving")
 
 
 def vector_of(name: str) -> np.ndarray:

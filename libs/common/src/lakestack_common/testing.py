@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import subprocess
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
 from grpc import aio
 
-from lakestack_common.clients import open_channel
+from lakestack_common.clients import check_health, open_channel
 from lakestack_common.config import ServiceSettings
 from lakestack_common.server import GrpcServer, Service
 
@@ -28,3 +31,14 @@ async def running(service: Service, settings: ServiceSettings | None = None) -> 
 
 def channel_to(server: GrpcServer, **options: Any) -> aio.Channel:
     return open_channel(f"127.0.0.1:{server.port}", **options)
+
+
+async def wait_serving(address: str, process: subprocess.Popen[bytes], timeout_s: float = 60.0) -> None:
+    """Until the server ``process`` started answers SERVING on ``address`` (fails if it exits)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        assert process.poll() is None, f"server exited with {process.returncode}"
+        if await check_health(address, timeout_s=1.0) == "SERVING":
+            return
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"{address} is not serving after {timeout_s:g} s")

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import fnmatch
+import json
 import logging
 import threading
 from collections.abc import Callable
@@ -25,6 +26,7 @@ from typing import Any, TypeVar
 import numpy as np
 
 from lakestack_common.errors import FailedPrecondition, LakestackError, Unavailable
+from lakestack_common.files import atomic_write_bytes
 from lakestack_protos.core import core_pb2
 from lakestack_vector_core import snapshots
 from lakestack_vector_core.namespaces import Namespace
@@ -72,7 +74,7 @@ class ShardEngine:
         self._maintenance = maintenance
         self._namespaces: dict[str, Namespace] = {}
         self._wal = WriteAheadLog(config.data_dir / "wal")
-        self._queue: asyncio.Queue[_Write] = asyncio.Queue()
+        self._queue: asyncio.Queue[_Write | None] = asyncio.Queue()  # None: the writer stops
         self._writer: asyncio.Task[None] | None = None
         self._appended = asyncio.Condition()
         self._background: set[asyncio.Future[Any]] = set()
@@ -83,6 +85,10 @@ class ShardEngine:
         # Held while a commit applies and while a snapshot copies, so a snapshot never sees half
         # of a commit.
         self._apply_lock = threading.Lock()
+        # The metric each namespace was created with: a namespace replayed from the log keeps it
+        # even if `metric`/`namespace_metrics` change (written before the creating write is logged).
+        self._metrics_file = config.data_dir / "namespaces.json"
+        self._metrics: dict[str, Metric] = {}
         # Follower ordinal -> highest offset it acknowledged (leaders only).
         self.follower_acks: dict[int, int] = {}
 
@@ -95,6 +101,10 @@ class ShardEngine:
             self._maybe_rebuild(name, namespace)
 
     def _recover(self) -> None:
+        if self._metrics_file.exists():
+            self._metrics = {
+                name: Metric(m) for name, m in json.loads(self._metrics_file.read_text()).items()
+            }
         snapshot = snapshots.load_latest(self.config.data_dir / "snapshots")
         if snapshot is not None:
             for name, parts in snapshot.namespaces.items():
@@ -113,15 +123,16 @@ class ShardEngine:
         )
 
     async def close(self) -> None:
-        if self._writer is not None:
-            self._writer.cancel()
-            await asyncio.gather(self._writer, return_exceptions=True)
-            self._writer = None
+        """Stop taking writes, let every write already queued commit and be answered, then close."""
+        writer, self._writer = self._writer, None  # from here on, writes answer UNAVAILABLE
+        if writer is not None:
+            self._queue.put_nowait(None)
+            await asyncio.gather(writer, return_exceptions=True)
         if self._background:
             await asyncio.gather(*self._background, return_exceptions=True)
         while not self._queue.empty():
             pending = self._queue.get_nowait()
-            if not pending.future.done():
+            if pending is not None and not pending.future.done():
                 pending.future.set_exception(Unavailable("vector-core shard is shutting down"))
         await self._run(self._wal.close)
 
@@ -168,10 +179,19 @@ class ShardEngine:
         return await write.future
 
     async def _write_loop(self) -> None:
-        while True:
-            batch = [await self._queue.get()]
+        stopping = False
+        while not stopping:
+            batch: list[_Write] = []
+            first = await self._queue.get()
+            if first is None:
+                return
+            batch.append(first)
             while not self._queue.empty() and len(batch) < MAX_BATCH:
-                batch.append(self._queue.get_nowait())
+                item = self._queue.get_nowait()
+                if item is None:
+                    stopping = True
+                    break
+                batch.append(item)
             try:
                 await self._commit_batch(batch)
             except Exception as exc:  # the log is in an unknown state: stop taking writes
@@ -201,15 +221,17 @@ class ShardEngine:
                     next_offset += 1
                 else:
                     steps: list[_Step] = []
+                    cursor = next_offset  # advanced for good only once the whole batch is accepted
                     for entry in pending.entries or ():
-                        if entry.offset < next_offset:
+                        if entry.offset < cursor:
                             continue  # already logged (a replay overlapping what we have)
-                        if entry.offset != next_offset:
+                        if entry.offset != cursor:
                             raise FailedPrecondition(
-                                f"log entry {entry.offset} does not follow {next_offset - 1}: replay needed"
+                                f"log entry {entry.offset} does not follow {cursor - 1}: replay needed"
                             )
-                        steps.append((next_offset, None, entry))
-                        next_offset += 1
+                        steps.append((cursor, None, entry))
+                        cursor += 1
+                    next_offset = cursor
                     planned.append((pending, steps))
             except LakestackError as exc:
                 pending.future.set_exception(exc)
@@ -243,7 +265,16 @@ class ShardEngine:
                     assert op is not None
                     records.append((offset, encode_entry(offset, op)))
                 ops.append(op)
+        created = {
+            op.namespace: self.config.metric_for(op.namespace)
+            for op in ops
+            if isinstance(op, Upsert) and op.namespace not in self._metrics
+        }
         with self._apply_lock:
+            if created:
+                self._metrics.update(created)
+                document = {name: metric.value for name, metric in self._metrics.items()}
+                atomic_write_bytes(self._metrics_file, json.dumps(document).encode())
             if records:
                 self._wal.append(records)
             for op in ops:
@@ -254,7 +285,8 @@ class ShardEngine:
         if namespace is None:
             if not isinstance(op, Upsert):
                 return
-            vectors = VectorSet(op.vectors.shape[1], self.config.metric_for(op.namespace), self.config.params)
+            metric = self._metrics.get(op.namespace) or self.config.metric_for(op.namespace)
+            vectors = VectorSet(op.vectors.shape[1], metric, self.config.params)
             namespace = self._namespaces[op.namespace] = Namespace(op.namespace, vectors)
         namespace.apply(op)
 
@@ -324,7 +356,11 @@ class ShardEngine:
         if self.follower_acks:
             floor = min(floor, *self.follower_acks.values())
         self._wal.drop_through(floor)
-        if floor < snapshot_offset and self._wal.bytes_before(floor + 1) > self.config.wal_retain_bytes:
+        # What is left before the snapshot is kept only for lagging followers: bounded.
+        if (
+            floor < snapshot_offset
+            and self._wal.bytes_before(snapshot_offset + 1) > self.config.wal_retain_bytes
+        ):
             log.warning("a follower is more than wal_retain_bytes behind; dropping the log it still needs")
             self._wal.drop_through(snapshot_offset)
 

@@ -14,6 +14,8 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
+from lakestack_common.files import fsync_dir
+
 SNAPSHOT_PREFIX = "snap-"
 MANIFEST = "MANIFEST.json"
 
@@ -27,14 +29,6 @@ class Snapshot:
 def _folder(namespace: str) -> str:
     # Namespaces are arbitrary strings (the default one is ""): hex keeps them path-safe.
     return "ns-" + namespace.encode().hex()
-
-
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def write(root: Path, snapshot: Snapshot) -> Path:
@@ -51,17 +45,17 @@ def write(root: Path, snapshot: Snapshot) -> Path:
                 fh.write(data)
                 fh.flush()
                 os.fsync(fh.fileno())
-        _fsync(folder)
+        fsync_dir(folder)
     manifest = {"offset": snapshot.offset, "namespaces": sorted(snapshot.namespaces)}
     with (staging / MANIFEST).open("w") as fh:
         json.dump(manifest, fh)
         fh.flush()
         os.fsync(fh.fileno())
-    _fsync(staging)
+    fsync_dir(staging)
     if final.exists():  # the same offset again (nothing was written since): replace it
         shutil.rmtree(final)
     staging.rename(final)
-    _fsync(root)
+    fsync_dir(root)
     for older in root.iterdir():
         if older != final and (older.name.startswith(SNAPSHOT_PREFIX) or older.name.startswith(".staging-")):
             shutil.rmtree(older, ignore_errors=True)

@@ -79,7 +79,8 @@ class IndexParams:
 def ivf_lists(count: int) -> int:
     """Inverted lists for an IVF index trained on ``count`` vectors: about 4 sqrt(n), but at least
     39 training points per list (k-means is unreliable below that, and faiss says so)."""
-    return int(min(4096, max(16, min(round(4 * math.sqrt(count)), count // 39))))
+    wanted = max(16, min(round(4 * math.sqrt(count)), count // 39))
+    return int(max(1, min(4096, count, wanted)))  # never more lists than training points
 
 
 def calibrate_nprobe(index: Any, vectors: np.ndarray, metric: int, start: int, target: float) -> int:

@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from lakestack_common import ndarray
+from lakestack_common.files import fsync_dir
 from lakestack_protos.core import core_pb2
 from lakestack_vector_core import wire
 from lakestack_vector_core.ops import Delete, Upsert, WriteOp
@@ -137,7 +138,7 @@ class WriteAheadLog:
             self._segments.append(first)
             self._sizes[first] = 0
         self._open_for_append(first)
-        _fsync_dir(self.directory)
+        fsync_dir(self.directory)
 
     def close(self) -> None:
         if self._fd >= 0:
@@ -241,11 +242,3 @@ class WriteAheadLog:
                 self._read_hints.clear()
             self._read_hints[found[-1].offset + 1] = hint
         return found
-
-
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

@@ -216,12 +216,13 @@ class VectorSet:
         scores = self.metric.scores(distances).astype(np.float32, copy=False)
         ids = self._ids
         results = []
-        for row_labels, row_scores in zip(labels, scores, strict=True):
-            if row_labels[-1] < 0:  # fewer than k live candidates were found
-                keep = row_labels >= 0
-                row_labels, row_scores = row_labels[keep], row_scores[keep]
-            rows = row_labels.tolist()
-            vectors = self._vectors[row_labels] if include_data else None
+        # One tolist() for the whole batch: per-row numpy calls cost more than the ids themselves.
+        for position, rows in enumerate(labels.tolist()):
+            row_scores = scores[position]
+            if rows[-1] < 0:  # fewer than k live candidates were found
+                found = [i for i, row in enumerate(rows) if row >= 0]
+                rows, row_scores = [rows[i] for i in found], row_scores[found]
+            vectors = self._vectors[rows] if include_data else None
             results.append(Matches([ids[r] for r in rows], row_scores, vectors))
         return results
 

@@ -161,17 +161,18 @@ def test_a_torn_tail_is_cut_and_appends_go_on(tmp_path: Path, log: WriteAheadLog
     final.close()
 
 
-def test_a_zero_filled_tail_loses_nothing(tmp_path: Path, log: WriteAheadLog) -> None:
-    """Zeros (a file extended but its data never written) parse as empty records (length 0,
-    crc32(b"") == 0) that decode to offset 0: skipped like entries before ``after``. They are not
-    cut off, but no entry is lost or invented and appends and reads go on around them."""
+def test_a_zero_filled_tail_is_cut(tmp_path: Path, log: WriteAheadLog) -> None:
+    """Zeros (a file extended but its data never written) would parse as empty records (length
+    0, crc32(b"") == 0); no real record is empty, so they are a torn tail and are cut."""
     fill(log, 1, 5)
     log.close()
     segment = tmp_path / segments(tmp_path)[-1]
+    good_size = segment.stat().st_size
     with segment.open("ab") as fh:
         fh.write(b"\x00" * 64)
     reopened, offsets = reopen(tmp_path)
     assert offsets == [1, 2, 3, 4, 5] and reopened.last_offset == 5
+    assert segment.stat().st_size == good_size
     fill(reopened, 6, 2)
     assert [e.offset for e in reopened.read(1)] == [1, 2, 3, 4, 5, 6, 7]
     assert [e.offset for e in reopened.read(6)] == [6, 7]

@@ -72,7 +72,8 @@ def _scan(path: Path, *, tail: bool, start: int = 0) -> Iterator[tuple[int, int,
         length, crc = HEADER.unpack_from(data, position)
         end = position + HEADER.size + length
         payload = data[position + HEADER.size : end]
-        if end > len(data) or zlib.crc32(payload) != crc:
+        # No real record is empty: a zero length is a zero-filled (preallocated, torn) tail.
+        if length == 0 or end > len(data) or zlib.crc32(payload) != crc:
             if tail:
                 return
             raise WalCorrupt(f"{path.name}: bad record at byte {start + position}")

@@ -77,6 +77,20 @@ def test_a_bad_record_before_the_tail_is_corruption(tmp_path: Path) -> None:
         reopen(tmp_path)
 
 
+def test_a_damaged_record_before_good_ones_in_the_newest_segment_is_corruption(tmp_path: Path) -> None:
+    """A bit flip inside the newest segment is not a torn tail: cutting there would drop the
+    acknowledged records after it, so opening refuses."""
+    log, _ = reopen(tmp_path)
+    fill(log, 1, 4)
+    log.close()
+    segment = newest_segment(tmp_path)
+    data = bytearray(segment.read_bytes())
+    data[12] ^= 0x01  # inside the first record's payload
+    segment.write_bytes(bytes(data))
+    with pytest.raises(WalCorrupt, match="bad record at byte 0"):
+        reopen(tmp_path)
+
+
 def test_replication_reads_follow_the_tail_and_stop_at_dropped_segments(tmp_path: Path) -> None:
     log, _ = reopen(tmp_path)
     fill(log, 1, 10)

@@ -74,11 +74,22 @@ def _scan(path: Path, *, tail: bool, start: int = 0) -> Iterator[tuple[int, int,
         payload = data[position + HEADER.size : end]
         # No real record is empty: a zero length is a zero-filled (preallocated, torn) tail.
         if length == 0 or end > len(data) or zlib.crc32(payload) != crc:
-            if tail:
+            # A torn append leaves nothing valid behind it; a damaged record followed by a good
+            # one is corruption of data that may have been acknowledged: refuse, do not cut.
+            if tail and not (length and end < len(data) and _record_at(data, end)):
                 return
             raise WalCorrupt(f"{path.name}: bad record at byte {start + position}")
         yield start + position, start + end, payload
         position = end
+
+
+def _record_at(data: bytes, position: int) -> bool:
+    """Whether a complete record with a matching checksum starts at ``position``."""
+    if position + HEADER.size > len(data):
+        return False
+    length, crc = HEADER.unpack_from(data, position)
+    end = position + HEADER.size + length
+    return 0 < length and end <= len(data) and zlib.crc32(data[position + HEADER.size : end]) == crc
 
 
 class WriteAheadLog:

@@ -89,7 +89,7 @@ def _record_at(data: bytes, position: int) -> bool:
         return False
     length, crc = HEADER.unpack_from(data, position)
     end = position + HEADER.size + length
-    return 0 < length and end <= len(data) and zlib.crc32(data[position + HEADER.size : end]) == crc
+    return length > 0 and end <= len(data) and zlib.crc32(data[position + HEADER.size : end]) == crc
 
 
 class WriteAheadLog:

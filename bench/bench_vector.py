@@ -68,17 +68,11 @@ import faiss
 import numpy as np
 from benchlib import Deadline, Report, Table, fmt_int, fmt_num, median, percentile
 
-from lakestack_common.clients import check_health
+from lakestack_common.testing import wait_serving
 from lakestack_common.topology import free_port
 from lakestack_protos.core import core_pb2
 from lakestack_vector_core.client import CallError, VectorClient
-from lakestack_vector_core.vectors import (
-    KMEANS_ITERATIONS,
-    KMEANS_POINTS_PER_LIST,
-    IndexParams,
-    calibrate_nprobe,
-    ivf_lists,
-)
+from lakestack_vector_core.vectors import IndexParams, calibrate_nprobe, ivf_lists, train_ivf
 
 NAME = "vector"
 ORDER = 4
@@ -342,28 +336,18 @@ def brute_force(data: DataSet, counts: Counts, deadline: Deadline) -> Row:
     )
 
 
-def train_ivf(base: np.ndarray, seed: int = 0) -> tuple[faiss.IndexIVFFlat, float]:
-    """The service's IVF for ``base`` (normalised): its nlist rule and k-means; trained, filled,
-    nprobe calibrated as the service does. Returns the index and the training seconds."""
-    lists = ivf_lists(len(base))
-    quantizer = faiss.IndexFlatIP(base.shape[1])
-    index = faiss.IndexIVFFlat(quantizer, base.shape[1], lists, faiss.METRIC_INNER_PRODUCT)
-    index.cp.niter = KMEANS_ITERATIONS  # the service's k-means
-    picks = KMEANS_POINTS_PER_LIST * lists
-    sample = (
-        base
-        if len(base) <= picks
-        else base[np.sort(np.random.default_rng(seed).choice(len(base), picks, False))]
-    )
+def timed_train_ivf(base: np.ndarray, seed: int = 0) -> tuple[faiss.IndexIVFFlat, float]:
+    """The service's own IVF training (``vectors.train_ivf``: nlist rule and k-means) on ``base``
+    (normalised). Returns the trained, empty index and the training seconds."""
     started = time.perf_counter()
-    index.train(sample)
+    index = train_ivf(base, faiss.METRIC_INNER_PRODUCT, seed)
     return index, time.perf_counter() - started
 
 
 def faiss_ivf(data: DataSet, counts: Counts, deadline: Deadline) -> Row:
     faiss.omp_set_num_threads(CORES)
     base, queries = normalised(data.base), normalised(data.queries)
-    index, train_s = train_ivf(base)
+    index, train_s = timed_train_ivf(base)
     started = time.perf_counter()
     index.add(base)
     add_rate = len(base) / (time.perf_counter() - started)
@@ -423,7 +407,7 @@ def shard_estimate(data: DataSet, shards: int) -> str | None:
     faiss.omp_set_num_threads(CORES)
     rng = np.random.default_rng(1)
     part = normalised(data.base[np.sort(rng.choice(len(data.base), per_shard, replace=False))])
-    index, _ = train_ivf(part, seed=1)
+    index, _ = timed_train_ivf(part, seed=1)
     index.add(part)
     nprobe = calibrate_nprobe(
         index, part, faiss.METRIC_INNER_PRODUCT, DEFAULTS.ivf_nprobe, DEFAULTS.target_recall
@@ -538,17 +522,6 @@ def service(shards: int) -> Iterator[Server]:
         shutil.rmtree(directory, ignore_errors=True)
 
 
-async def wait_serving(server: Server) -> None:
-    deadline = Deadline(START_TIMEOUT_S)
-    while not deadline.expired():
-        if server.process.poll() is not None:
-            raise RuntimeError(f"lakestack-vector-core exited at startup with {server.process.returncode}")
-        if await check_health(server.address, timeout_s=1.0) == "SERVING":
-            return
-        await asyncio.sleep(0.2)
-    raise RuntimeError(f"lakestack-vector-core not SERVING after {START_TIMEOUT_S:.0f} s")
-
-
 def matches(answer: core_pb2.Request, rows: int) -> list[list[str]]:
     """The ids of a query answer, checked: one result list per query row, at most K ids each."""
     found = [list(m.ids) for m in answer.query.matches]
@@ -603,7 +576,7 @@ async def measure_service(data: DataSet, shards: int, counts: Counts, deadline: 
     with service(shards) as server:
         try:
             async with asyncio.timeout(counts.service_budget_s):
-                await wait_serving(server)
+                await wait_serving(server.address, server.process, START_TIMEOUT_S)
                 async with VectorClient.connect(server.address) as client:
                     phase = "index raw"
                     raw = await index_all(client, data, "raw", compress=False)

@@ -193,7 +193,7 @@ class ShardEngine:
                     break
                 batch.append(item)
             try:
-                await self._commit_batch(batch)
+                touched = await self._commit_batch(batch)
             except Exception as exc:  # the log is in an unknown state: stop taking writes
                 log.exception("write-ahead log commit failed; shard is read-only from now on")
                 self._failure = exc
@@ -203,9 +203,10 @@ class ShardEngine:
                 return
             async with self._appended:
                 self._appended.notify_all()
-            self._after_commit()
+            self._after_commit(touched)
 
-    async def _commit_batch(self, batch: list[_Write]) -> None:
+    async def _commit_batch(self, batch: list[_Write]) -> set[str]:
+        """Log and apply ``batch``, answer its writers; returns the namespaces written to."""
         planned: list[tuple[_Write, list[_Step]]] = []
         next_offset = self._wal.last_offset + 1
         new_dims: dict[str, int] = {}
@@ -240,6 +241,11 @@ class ShardEngine:
         for pending, steps in planned:
             if not pending.future.done():
                 pending.future.set_result(steps[-1][0] if steps else next_offset - 1)
+        return {
+            op.namespace if op is not None else entry.entry.namespace  # type: ignore[union-attr]
+            for _, steps in planned
+            for _, op, entry in steps
+        }
 
     def _accepts(self, op: WriteOp, new_dims: dict[str, int]) -> bool:
         """Check ``op`` against the namespace it writes to; False = nothing to log."""
@@ -290,9 +296,11 @@ class ShardEngine:
             namespace = self._namespaces[op.namespace] = Namespace(op.namespace, vectors)
         namespace.apply(op)
 
-    def _after_commit(self) -> None:
-        for name, namespace in list(self._namespaces.items()):
-            self._maybe_rebuild(name, namespace)
+    def _after_commit(self, touched: set[str]) -> None:
+        for name in touched:  # only a write can make a namespace need a rebuild
+            namespace = self._namespaces.get(name)
+            if namespace is not None:
+                self._maybe_rebuild(name, namespace)
         if not self._snapshotting and self._wal.bytes >= self.config.snapshot_wal_bytes:
             task = asyncio.create_task(self.snapshot(), name="vector-core-snapshot")
             self._background.add(task)

@@ -181,7 +181,8 @@ class Gateway:
                 request, max_top_k=self.limits.max_top_k, max_bytes=self.limits.max_array_bytes
             )
 
-        if request.ByteSize() > OFFLOAD_BYTES:
+        # The arrays are the bulk of a request; their buffers' lengths need no serialization pass.
+        if len(request.index.data.buffer) + len(request.query.data.buffer) > OFFLOAD_BYTES:
             return await asyncio.get_running_loop().run_in_executor(self._pool, decode)
         return decode()
 

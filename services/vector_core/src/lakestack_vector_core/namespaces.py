@@ -91,8 +91,9 @@ class Namespace:
             return self._vectors.fetch(ids)
 
     def needs_rebuild(self) -> bool:
-        with self._lock.reading():
-            return self._journal is None and self._vectors.needs_rebuild()
+        # Called on the event loop after commits: no lock (it could wait behind a rebuild's swap).
+        # Reading a few counters unlocked can only be stale, and rebuild() re-checks under the lock.
+        return self._journal is None and self._vectors.needs_rebuild()
 
     def rebuild(self) -> bool:
         """Compact and re-tier (blocking; run it on a worker thread). False if one is running."""

@@ -38,21 +38,15 @@ class ShardHandlers(shard_pb2_grpc.ShardServiceServicer):
     async def Execute(
         self, request_iterator: AsyncIterator[shard_pb2.ExecuteRequest], context: aio.ServicerContext
     ) -> AsyncIterator[shard_pb2.ExecuteResponse]:
-        async def requests() -> AsyncIterator[core_pb2.Request]:
-            async for item in request_iterator:
-                yield item.request
-
-        async for answer in self._node.gateway.serve(requests()):
+        requests = (item.request async for item in request_iterator)
+        async for answer in self._node.gateway.serve(requests):
             yield shard_pb2.ExecuteResponse(request=answer, applied_offset=self._node.engine.applied_offset)
 
     async def Follow(
         self, request_iterator: AsyncIterator[shard_pb2.FollowRequest], context: aio.ServicerContext
     ) -> AsyncIterator[shard_pb2.FollowResponse]:
-        async def acks() -> AsyncIterator[core_pb2.LogEntry]:
-            async for item in request_iterator:
-                yield item.entry
-
-        async for entries in replication.feed(self._node.engine, acks()):
+        acks = (item.entry async for item in request_iterator)
+        async for entries in replication.feed(self._node.engine, acks):
             yield shard_pb2.FollowResponse(entries=entries)
 
     async def Position(

@@ -237,3 +237,25 @@ def _alive(pid: int) -> bool:
     except OSError:
         return False
     return state != "Z"
+
+
+async def test_follow_refuses_a_stream_that_does_not_start_with_a_replay_ack(tmp_path: Path) -> None:
+    from grpc import StatusCode, aio
+
+    from lakestack_protos.lakestack.vector.v1 import shard_pb2, shard_pb2_grpc
+
+    settings = VectorCoreSettings(role="shard", data_dir=tmp_path)
+    async with running(VectorCoreService(settings)) as server, channel_to(server, timeout_s=None) as channel:
+        stub = shard_pb2_grpc.ShardServiceStub(channel)
+        for first in (
+            pb.LogEntry(offset=0),  # no ack at all
+            pb.LogEntry(offset=0, ack=pb.Ack(replica=1, replay=False)),
+        ):
+            call = stub.Follow(iter([shard_pb2.FollowRequest(entry=first)]))
+            with pytest.raises(aio.AioRpcError) as caught:
+                async for _ in call:
+                    pass
+            assert caught.value.code() == StatusCode.FAILED_PRECONDITION
+            assert "replay" in (caught.value.details() or "")
+        position = await stub.Position(shard_pb2.PositionRequest())
+        assert position.leader and position.applied_offset == 0

@@ -288,6 +288,9 @@ class Consumers:
         NoSuchConsumer once the consumer is deleted and Busy if it is bound elsewhere."""
         async with self.subscription(name):
             while not self.store.closed:
+                # Read the high-water mark before fetching: a message committed while the fetch
+                # runs is then above it and wakes the idle wait instead of being slept through.
+                caught_up = self.store.last_seq
                 deliveries = await self.fetch(name, batch)
                 for delivery in deliveries:
                     yield delivery
@@ -295,7 +298,6 @@ class Consumers:
                     continue
                 if stop_when_empty:
                     return
-                caught_up = self.store.last_seq
                 due = await self.next_redelivery_ms(name)
                 wait_s = IDLE_RECHECK_S if due is None else min(max(due - now_ms(), 0) / 1000, IDLE_RECHECK_S)
                 await self._idle_wait(name, caught_up, wait_s)

@@ -7,6 +7,7 @@ travels in one :class:`PipelineInvalid` (INVALID_ARGUMENT on the wire). Each err
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from lakestack_common.errors import InvalidArgument
@@ -49,3 +50,34 @@ def location_of(text: str, offset: int) -> Location:
     line = text.count("\n", 0, offset) + 1
     column = offset - (text.rfind("\n", 0, offset) + 1) + 1
     return Location(line, column)
+
+
+class StepFailed(InvalidArgument):
+    """A step that cannot run on this data: a bad expression, a missing column, an unreadable
+    input, an output that already exists. Renders as ``[E-EXPR-001] ...``, like the reference."""
+
+    def __init__(self, code: str, message: str) -> None:
+        self.code = code
+        super().__init__(f"[{code}] {message}")
+
+
+def did_you_mean(word: str, candidates: Iterable[str], max_distance: int = 3) -> str:
+    """`` (did you mean "x"?)`` for the closest candidate within ``max_distance`` edits, else ""."""
+    best: tuple[int, str] | None = None
+    for candidate in candidates:
+        if candidate == word:
+            continue
+        distance = _edit_distance(word.lower(), candidate.lower())
+        if distance <= max_distance and (best is None or distance < best[0]):
+            best = (distance, candidate)
+    return f' (did you mean "{best[1]}"?)' if best else ""
+
+
+def _edit_distance(a: str, b: str) -> int:
+    previous = list(range(len(b) + 1))
+    for i, char_a in enumerate(a, 1):
+        current = [i]
+        for j, char_b in enumerate(b, 1):
+            current.append(min(previous[j] + 1, current[j - 1] + 1, previous[j - 1] + (char_a != char_b)))
+        previous = current
+    return previous[-1]

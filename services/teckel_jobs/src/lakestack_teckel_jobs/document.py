@@ -19,7 +19,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from lakestack_teckel_jobs import dag
+from lakestack_teckel_jobs import dag, format_options
+from lakestack_teckel_jobs.format_options import FORMATS as INPUT_FORMATS
+from lakestack_teckel_jobs.format_options import WRITE_MODES
 from lakestack_teckel_jobs.operations import ENTRY_KEYS, OPERATIONS, Field, Kind, Op
 from lakestack_teckel_jobs.spec_errors import Location, PipelineInvalid, SpecError, did_you_mean
 from lakestack_teckel_jobs.substitution import resolve_text
@@ -27,8 +29,6 @@ from lakestack_teckel_jobs.yaml_source import LocatedDict, LocatedList, load
 
 VERSIONS = ("2.0", "3.0")
 ASSET_REF = re.compile(r"^[a-zA-Z][a-zA-Z0-9_-]{0,127}$")
-INPUT_FORMATS = ("csv", "parquet", "json", "ndjson", "ipc", "arrow", "iceberg")
-WRITE_MODES = ("error", "overwrite", "append", "ignore")
 TOP_LEVEL = (
     "version",
     "pipeline",
@@ -375,6 +375,7 @@ class _Validator:
                 self.asset_name(name, f"{path}.name", entry.value_at.get("name"))
             if fmt is not None:
                 fmt = self.data_format(fmt, f"{path}.format", entry.value_at.get("format"), "input")
+                self.format_options(fmt, "read", options, entry, path)
             if location is not None and fmt is not None:
                 self.check_path(location, fmt, f"{path}.path", entry.value_at.get("path"))
             if name is not None and fmt is not None and location is not None:
@@ -410,6 +411,24 @@ class _Validator:
             self.error("E-FMT-001", f'unsupported {side} format "{fmt}"{hint}', path, at)
             return None
         return normalized
+
+    def format_options(
+        self,
+        fmt: str | None,
+        side: format_options.Side,
+        options: dict[str, Any],
+        entry: LocatedDict,
+        path: str,
+    ) -> None:
+        if fmt is None:
+            return
+        for problem in format_options.problems(fmt, side, options):
+            self.error(
+                problem.code,
+                problem.message,
+                f"{path}.options.{problem.option}",
+                entry.value_at.get("options"),
+            )
 
     def check_path(self, location: str, fmt: str, path: str, at: Location | None) -> None:
         problem = path_problem(location, fmt, self.policy)
@@ -581,6 +600,7 @@ class _Validator:
             options = self.options(entry, path)
             if fmt is not None:
                 fmt = self.data_format(fmt, f"{path}.format", entry.value_at.get("format"), "output")
+                self.format_options(fmt, "write", options, entry, path)
             if mode not in WRITE_MODES:
                 self.error(
                     "E-MODE-001",

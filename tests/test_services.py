@@ -63,6 +63,7 @@ BUILT: dict[str, set[str]] = {
     "waymaker.streams.WaymakerKvService": ALL,
     "waymaker.streams.WaymakerCollectionsService": ALL,
     "core.RPCClient": ALL,
+    "teckel.v1.TeckelService": ALL,
 }  # fmt: skip
 
 SERVICES = {info.name: info for info in topology.SERVICES}

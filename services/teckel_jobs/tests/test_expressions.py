@@ -59,7 +59,7 @@ def test_qualified_names_resolve_through_the_scope_but_not_inside_strings() -> N
     assert ex.resolve_qualified("s.field = 1", scope) == "s.field = 1"  # not an asset: a struct field
     with pytest.raises(StepFailed) as caught:
         ex.resolve_qualified("orders.nope = 1", scope)
-    assert caught.value.code == "E-COL-001"
+    assert caught.value.spec_code == "E-COL-001"
 
 
 def test_star_selects_every_column() -> None:
@@ -70,7 +70,7 @@ def test_star_selects_every_column() -> None:
 def test_invalid_expression_is_e_expr_001() -> None:
     with pytest.raises(StepFailed) as caught:
         ex.parse_expr("id +", Scope("asset1"))
-    assert caught.value.code == "E-EXPR-001"
+    assert caught.value.spec_code == "E-EXPR-001"
     assert 'invalid expression "id +" in asset "asset1"' in str(caught.value)
 
 
@@ -84,7 +84,7 @@ def test_sort_columns_in_every_form() -> None:
     assert (key.descending, key.nulls_last) == (False, True)  # Teckel: nulls last by default
     with pytest.raises(StepFailed) as caught:
         ex.parse_sort({"column": "id", "direction": "ascending"}, scope)
-    assert caught.value.code == "E-ENUM-001"
+    assert caught.value.spec_code == "E-ENUM-001"
 
 
 @pytest.mark.parametrize(
@@ -117,7 +117,7 @@ def test_unknown_type_is_e_type_001() -> None:
     for name in ("blob", "decimal(10", "array<int"):
         with pytest.raises(StepFailed) as caught:
             ex.parse_type(name)
-        assert caught.value.code == "E-TYPE-001"
+        assert caught.value.spec_code == "E-TYPE-001"
 
 
 def test_lenient_casts_from_strings() -> None:

@@ -75,19 +75,19 @@ def test_where_accepts_the_negation_split_produces() -> None:
 
 def test_a_non_boolean_filter_is_e_expr_001() -> None:
     error = failure("where", {"from": "emp", "filter": "upper(name)"}, emp=EMPLOYEES)
-    assert error.code == "E-EXPR-001"
+    assert error.spec_code == "E-EXPR-001"
     assert "boolean" in str(error)
 
 
 def test_a_malformed_expression_is_e_expr_001_naming_text_and_asset() -> None:
     error = failure("where", {"from": "emp", "filter": "salary >"}, emp=EMPLOYEES)
-    assert error.code == "E-EXPR-001"
+    assert error.spec_code == "E-EXPR-001"
     assert 'invalid expression "salary >" in asset "out"' in str(error)
 
 
 def test_an_unknown_column_is_e_col_001_at_build_time() -> None:
     error = failure("select", {"from": "emp", "columns": ["id", "salry"]}, emp=EMPLOYEES)
-    assert error.code == "E-COL-001"
+    assert error.spec_code == "E-COL-001"
     assert 'column "salry" not found in asset "out" (did you mean "salary"?)' in str(error)
 
 
@@ -95,17 +95,17 @@ def test_failure_of_maps_errors_raised_when_the_plan_runs() -> None:
     frame = pl.LazyFrame({"s": ["x"]}).select(pl.col("s").cast(pl.Int32, strict=True))
     with pytest.raises(pl.exceptions.InvalidOperationError) as caught:
         frame.collect()
-    assert transforms.failure_of(caught.value, "a").code == "E-TYPE-001"
+    assert transforms.failure_of(caught.value, "a").spec_code == "E-TYPE-001"
     missing = pl.exceptions.ColumnNotFoundError('unable to find column "nme"; valid columns: ["name", "id"]')
     error = transforms.failure_of(missing, "a")
-    assert (error.code, str(error)) == (
+    assert (error.spec_code, str(error)) == (
         "E-COL-001",
         '[E-COL-001] column "nme" not found in asset "a" (did you mean "name"?); columns: name, id',
     )
-    assert transforms.failure_of(pl.exceptions.SQLSyntaxError("bad"), "a").code == "E-EXPR-001"
-    assert transforms.failure_of(FileNotFoundError("no such file"), "a").code == "E-IO-001"
+    assert transforms.failure_of(pl.exceptions.SQLSyntaxError("bad"), "a").spec_code == "E-EXPR-001"
+    assert transforms.failure_of(FileNotFoundError("no such file"), "a").spec_code == "E-IO-001"
     wrapped = ValueError("[E-QUALITY-001] 2 rows fail")
-    assert (transforms.failure_of(wrapped, "a").code, str(transforms.failure_of(wrapped, "a"))) == (
+    assert (transforms.failure_of(wrapped, "a").spec_code, str(transforms.failure_of(wrapped, "a"))) == (
         "E-QUALITY-001",
         "[E-QUALITY-001] 2 rows fail",
     )
@@ -114,10 +114,10 @@ def test_failure_of_maps_errors_raised_when_the_plan_runs() -> None:
 def test_an_unknown_operation_is_e_op_001() -> None:
     with pytest.raises(StepFailed) as caught:
         transforms.apply("explode", {}, {}, name="x")
-    assert caught.value.code == "E-OP-001"
+    assert caught.value.spec_code == "E-OP-001"
     with pytest.raises(StepFailed) as caught:
         transforms.apply("split", {"from": "a"}, {}, name="x")
-    assert caught.value.code == "E-OP-001" and "two where" in str(caught.value)
+    assert caught.value.spec_code == "E-OP-001" and "two where" in str(caught.value)
 
 
 def test_group_aggregates_with_count_star_and_aliases() -> None:
@@ -139,7 +139,7 @@ def test_group_aggregates_with_count_star_and_aliases() -> None:
 
 def test_a_non_aggregate_in_agg_is_e_agg_001() -> None:
     error = failure("group", {"from": "emp", "by": ["dept"], "agg": ["name"]}, emp=EMPLOYEES)
-    assert error.code == "E-AGG-001"
+    assert error.spec_code == "E-AGG-001"
     assert '"name"' in str(error)
 
 
@@ -215,7 +215,7 @@ def test_semi_anti_and_cross_joins() -> None:
 def test_cross_join_with_conditions_is_e_join_001() -> None:
     with pytest.raises(StepFailed) as caught:
         join("cross")
-    assert caught.value.code == "E-JOIN-001"
+    assert caught.value.spec_code == "E-JOIN-001"
 
 
 def test_join_accepts_double_equals_and_keys_with_different_names() -> None:
@@ -291,7 +291,7 @@ def test_outer_join_with_a_residual_condition_keeps_unmatched_rows_of_both_sides
 def test_an_unqualified_column_on_both_sides_is_e_join_001() -> None:
     with pytest.raises(StepFailed) as caught:
         join("inner", ["id = id"])
-    assert caught.value.code == "E-JOIN-001"
+    assert caught.value.spec_code == "E-JOIN-001"
 
 
 def test_lateral_join_is_a_join_with_one_right_asset() -> None:
@@ -364,13 +364,12 @@ def test_union_by_name_and_with_missing_columns() -> None:
 def test_set_operations_need_matching_columns() -> None:
     a = pl.DataFrame({"x": [1], "y": ["a"]})
     b = pl.DataFrame({"x": [1]})
-    assert failure("union", {"sources": ["a", "b"]}, a=a, b=b).code == "E-SCHEMA-001"
-    assert failure("union", {"sources": ["a", "b"], "byName": True}, a=a, b=b).code == "E-SCHEMA-001"
+    assert failure("union", {"sources": ["a", "b"]}, a=a, b=b).spec_code == "E-SCHEMA-001"
+    assert failure("union", {"sources": ["a", "b"], "byName": True}, a=a, b=b).spec_code == "E-SCHEMA-001"
     c = pl.DataFrame({"x": ["1"], "y": ["b"]})
     error = failure("union", {"sources": ["a", "c"]}, a=a, c=c)
-    assert error.code == "E-SCHEMA-001" and 'column "x" has incompatible types (a: Int64, c: String)' in str(
-        error
-    )
+    assert error.spec_code == "E-SCHEMA-001"
+    assert 'column "x" has incompatible types (a: Int64, c: String)' in str(error)
 
 
 def test_intersect_and_except_distinct_and_all() -> None:
@@ -407,16 +406,17 @@ def test_drop_and_rename_columns() -> None:
         "id",
         "salary",
     ]
-    assert failure("dropColumns", {"from": "emp", "columns": ["nope"]}, emp=EMPLOYEES).code == "E-COL-001"
+    missing = failure("dropColumns", {"from": "emp", "columns": ["nope"]}, emp=EMPLOYEES)
+    assert missing.spec_code == "E-COL-001"
     every = ["id", "name", "dept", "salary"]
-    assert failure("dropColumns", {"from": "emp", "columns": every}, emp=EMPLOYEES).code == "E-SCHEMA-002"
+    emptied = failure("dropColumns", {"from": "emp", "columns": every}, emp=EMPLOYEES)
+    assert emptied.spec_code == "E-SCHEMA-002"
     renamed = run("renameColumns", {"from": "emp", "mappings": {"name": "full_name"}}, emp=EMPLOYEES)
     assert renamed.columns == ["id", "full_name", "dept", "salary"]
+    unknown = failure("renameColumns", {"from": "emp", "mappings": {"nam": "x"}}, emp=EMPLOYEES)
+    assert unknown.spec_code == "E-COL-001"
     assert (
-        failure("renameColumns", {"from": "emp", "mappings": {"nam": "x"}}, emp=EMPLOYEES).code == "E-COL-001"
-    )
-    assert (
-        failure("renameColumns", {"from": "emp", "mappings": {"name": "id"}}, emp=EMPLOYEES).code
+        failure("renameColumns", {"from": "emp", "mappings": {"name": "id"}}, emp=EMPLOYEES).spec_code
         == "E-NAME-003"
     )
 
@@ -451,7 +451,7 @@ def test_cast_columns_with_spark_type_names_null_on_failure() -> None:
     ]
     assert failure(
         "castColumns", {"from": "d", "columns": [{"name": "a", "targetType": "blob"}]}, d=data
-    ).code == ("E-TYPE-001")
+    ).spec_code == ("E-TYPE-001")
 
 
 # ---- window -----------------------------------------------------------------------------------------
@@ -565,10 +565,10 @@ def test_window_rejects_what_it_cannot_do() -> None:
     value_range = {"type": "range", "start": "1 preceding", "end": "current row"}
     with pytest.raises(StepFailed) as caught:
         window({"s": "sum(amount)"}, frame=value_range)
-    assert caught.value.code == "E-UNSUPPORTED-001"
+    assert caught.value.spec_code == "E-UNSUPPORTED-001"
     with pytest.raises(StepFailed) as caught:
         window({"rn": "row_number()"}, order=None)
-    assert caught.value.code == "E-EXPR-001"
+    assert caught.value.spec_code == "E-EXPR-001"
 
 
 # ---- reshaping --------------------------------------------------------------------------------------
@@ -730,7 +730,7 @@ def test_sql_over_two_views() -> None:
     missing = failure(
         "sql", {"views": ["employees"], "query": "SELECT * FROM departments"}, employees=EMPLOYEES
     )
-    assert missing.code == "E-REF-001"
+    assert missing.spec_code == "E-REF-001"
 
 
 def test_fill_na_value_by_type_and_per_column() -> None:
@@ -739,8 +739,8 @@ def test_fill_na_value_by_type_and_per_column() -> None:
     assert out.rows() == [(1, 0.0, None, None), (0, 0.0, "x", True)]
     per = run("fillNa", {"from": "d", "values": {"s": "unknown", "b": False, "f": 1.5}}, d=data)
     assert per.rows() == [(1, 1.5, "unknown", False), (None, 1.5, "x", True)]
-    assert failure("fillNa", {"from": "d"}, d=data).code == "E-OP-004"
-    assert failure("fillNa", {"from": "d", "values": {"n": "x"}}, d=data).code == "E-TYPE-001"
+    assert failure("fillNa", {"from": "d"}, d=data).spec_code == "E-OP-004"
+    assert failure("fillNa", {"from": "d", "values": {"n": "x"}}, d=data).spec_code == "E-TYPE-001"
 
 
 def test_drop_na_any_all_and_min_non_nulls() -> None:
@@ -780,12 +780,12 @@ def test_schema_enforce_strict_casts_and_rejects_extra_or_missing() -> None:
     assert out.schema == pl.Schema({"amount": pl.Float64, "id": pl.Int64})
     assert out.rows() == [(1.5, 1), (None, 2)]
     extra = failure("schemaEnforce", {"from": "d", "columns": columns[:1]}, d=data)
-    assert extra.code == "E-SCHEMA-003"
+    assert extra.spec_code == "E-SCHEMA-003"
     missing = [*columns, {"name": "x", "dataType": "int"}]
-    assert failure("schemaEnforce", {"from": "d", "columns": missing}, d=data).code == "E-SCHEMA-004"
+    assert failure("schemaEnforce", {"from": "d", "columns": missing}, d=data).spec_code == "E-SCHEMA-004"
     required = [{**columns[0], "nullable": False}, columns[1]]
     error = failure("schemaEnforce", {"from": "d", "columns": required}, d=data)
-    assert error.code == "E-QUALITY-001" and '"amount" (1 null)' in str(error)
+    assert error.spec_code == "E-QUALITY-001" and '"amount" (1 null)' in str(error)
 
 
 def test_schema_enforce_evolve_adds_missing_with_defaults_and_keeps_extra() -> None:
@@ -814,7 +814,7 @@ CHECKS = [
 
 def test_assertion_fail_reports_counts() -> None:
     error = failure("assertion", {"from": "d", "checks": CHECKS}, d=CHECKED)
-    assert error.code == "E-QUALITY-001"
+    assert error.spec_code == "E-QUALITY-001"
     assert str(error) == (
         '[E-QUALITY-001] assertion failed in asset "out": check 1 (not_null on "email"): 1 of 4 rows fail; '
         'check 2 (unique on "id"): 2 of 4 rows fail; check 3 (adults only): 2 of 4 rows fail'
@@ -849,7 +849,7 @@ def test_repartition_coalesce_and_hint_leave_data_unchanged() -> None:
     )
     assert run("coalesce", {"from": "e", "numPartitions": 1}, e=EMPLOYEES).equals(EMPLOYEES)
     assert run("hint", {"from": "e", "hints": [{"name": "broadcast"}]}, e=EMPLOYEES).equals(EMPLOYEES)
-    assert failure("coalesce", {"from": "e", "numPartitions": 0}, e=EMPLOYEES).code == "E-X-VALUE-001"
+    assert failure("coalesce", {"from": "e", "numPartitions": 0}, e=EMPLOYEES).spec_code == "E-X-VALUE-001"
 
 
 def double_salary(frame: pl.LazyFrame, options: dict[str, str]) -> pl.LazyFrame:
@@ -864,7 +864,7 @@ def test_custom_components_come_from_entry_points(monkeypatch: pytest.MonkeyPatc
     out = run("custom", {"from": "e", "component": "doubler", "options": {"factor": 3}}, e=EMPLOYEES)
     assert out["salary"].to_list() == [300, 240, 270, 270, None]
     error = failure("custom", {"from": "e", "component": "dubler"}, e=EMPLOYEES)
-    assert error.code == "E-COMP-001" and 'did you mean "doubler"' in str(error)
+    assert error.spec_code == "E-COMP-001" and 'did you mean "doubler"' in str(error)
 
 
 # ---- scd2 and merge ---------------------------------------------------------------------------------
@@ -951,10 +951,10 @@ def test_merge_rejects_ambiguous_matches_and_bad_actions() -> None:
             t=TARGET,
             s=doubled,
         )
-    assert caught.value.code == "E-X-MERGE-001"
+    assert caught.value.spec_code == "E-X-MERGE-001"
     with pytest.raises(StepFailed) as caught:
         merge(whenNotMatched=[{"action": "delete"}])
-    assert caught.value.code == "E-ENUM-001"
+    assert caught.value.spec_code == "E-ENUM-001"
 
 
 # ---- parse ------------------------------------------------------------------------------------------
@@ -1038,7 +1038,7 @@ def test_enrich_is_refused_unless_enabled(monkeypatch: pytest.MonkeyPatch) -> No
         {"from": "e", "url": "http://localhost/x", "keyColumn": "id", "responseColumn": "r"},
         e=EMPLOYEES,
     )
-    assert error.code == "E-SECURITY-001"
+    assert error.spec_code == "E-SECURITY-001"
     assert "enrich_enabled" in str(error)
 
 
@@ -1123,7 +1123,7 @@ def test_enrich_on_error_null_skip_and_fail(monkeypatch: pytest.MonkeyPatch, ser
     )  # 5xx retried, 4xx not
     assert run("enrich", {**params, "onError": "skip", "maxRetries": 0}, d=data)["k"].to_list() == ["ok"]
     error = failure("enrich", {**params, "onError": "fail", "maxRetries": 0}, d=data)
-    assert error.code == "E-X-ENRICH-001" and "HTTP" in str(error)
+    assert error.spec_code == "E-X-ENRICH-001" and "HTTP" in str(error)
 
 
 # ---- one lazy plan ----------------------------------------------------------------------------------

@@ -57,7 +57,7 @@ class StepFailed(InvalidArgument):
     input, an output that already exists. Renders as ``[E-EXPR-001] ...``, like the reference."""
 
     def __init__(self, code: str, message: str) -> None:
-        self.code = code
+        self.spec_code = code  # ``code`` is the gRPC status every LakestackError carries
         super().__init__(f"[{code}] {message}")
 
 

@@ -18,7 +18,7 @@ FRAME = pl.DataFrame({"id": [1, 2, 3], "name": ["ann", "bob", None]})
 
 
 def code_of(excinfo: pytest.ExceptionInfo[StepFailed]) -> str:
-    return excinfo.value.code
+    return excinfo.value.spec_code
 
 
 def listing(folder: Path) -> list[str]:

@@ -228,7 +228,10 @@ def _group(step: _Step) -> pl.LazyFrame:
     frame, scope = step.frame(), step.scope()
     keys = [ex.parse_column(column, scope) for column in step.strings("by")]
     aggs = [ex.parse_aggregate(text, scope, frame, keys) for text in step.strings("agg")]
-    return frame.group_by(keys, maintain_order=True).agg(aggs)
+    # Groups come out in no particular order, as in SQL and the specification (order them with
+    # orderBy). Keeping first-appearance order after an order-keeping join doubled the time of a
+    # 10M-row filter/join/group (bench_teckel: 1.3 s against 0.68 s).
+    return frame.group_by(keys).agg(aggs)
 
 
 def _order_by(step: _Step) -> pl.LazyFrame:

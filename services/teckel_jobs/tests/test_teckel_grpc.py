@@ -412,3 +412,28 @@ async def test_execute_pipeline_answers_completed_or_failed(stub: Stub, data: Pa
     assert caught.value.code() == grpc.StatusCode.NOT_FOUND
     # ExecutePipeline is synchronous and is not a job.
     assert (await stub.ListJobs(pb.ListJobsRequest())).jobs == []
+
+
+async def test_quality_suites_gate_the_outputs(stub: Stub, data: Path, tmp_path: Path) -> None:
+    def with_suite(out: Path, severity: str) -> str:
+        suite = (
+            "quality:\n"
+            "  - suite: orders-ok\n"
+            "    target: orders\n"
+            f"    severity: {severity}\n"
+            "    checks:\n"
+            "      - {type: validity, column: amount, range: {min: 0, strictMin: true}}\n"
+            "      - {type: referential, column: customer_id, reference: {asset: customers, column: id}}\n"
+        )
+        return pipeline(data, out, extra=suite)
+
+    blocked = await stub.SubmitJob(pb.PipelineRequest(yaml=with_suite(tmp_path / "blocked", "error")))
+    job = await stub.WaitForJob(pb.WaitForJobRequest(job_id=blocked.job_id, timeout_seconds=60))
+    assert job.status == "failed" and "[E-QUALITY-001]" in job.error and "amount" in job.error
+    assert not (tmp_path / "blocked").exists()
+    assert not [name for name in os.listdir(tmp_path) if name.startswith(".blocked")]
+
+    warned = await stub.SubmitJob(pb.PipelineRequest(yaml=with_suite(tmp_path / "warned", "warn")))
+    job = await stub.WaitForJob(pb.WaitForJobRequest(job_id=warned.job_id, timeout_seconds=60))
+    assert (job.status, job.error) == ("completed", "")
+    assert (tmp_path / "warned").is_dir()

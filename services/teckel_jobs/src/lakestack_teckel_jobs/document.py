@@ -316,6 +316,7 @@ class _Validator:
         self.unsupported_lists(document)
         self.uniqueness(inputs, steps)
         self.references(inputs, steps, outputs)
+        self.quality_references(quality, [*inputs, *steps])
         dependencies: dict[str, list[str]] = {name: [] for name in inputs}
         dependencies.update({name: step.dependencies for name, step in steps.items()})
         dependencies.update({output.key: [output.name] for output in outputs})
@@ -670,6 +671,20 @@ class _Validator:
             if not found:
                 suites.append(entry)
         return suites
+
+    def quality_references(self, suites: list[dict[str, Any]], known: list[str]) -> None:
+        from lakestack_teckel_jobs.quality import suite_targets
+
+        for suite in suites:
+            for name in suite_targets(suite):
+                if name not in known:
+                    self.error(
+                        "E-REF-001",
+                        f'quality suite "{suite.get("suite")}" references undefined asset "{name}"'
+                        + did_you_mean(name, known),
+                        "quality",
+                        getattr(suite, "at", None),
+                    )
 
     def secrets(self, document: LocatedDict) -> None:
         if document.get("secrets") is None:

@@ -55,7 +55,7 @@ from typing import Any, Literal
 
 import bench_rpc
 from bench_rpc import Phase, process_cpu_seconds
-from benchlib import Deadline, Report, Table, fmt_int, fmt_num, median, percentile
+from benchlib import Deadline, Report, Table, die_with_parent, fmt_int, fmt_num, median, percentile
 
 from lakestack_common.clients import StreamsClient, check_health
 from lakestack_common.topology import free_port
@@ -192,14 +192,6 @@ PATTERNS = (1, CONCURRENCY)
 # Child processes.
 
 
-def _die_with_parent(argv: list[str]) -> list[str]:
-    """Run ``argv`` so that it gets SIGTERM if the benchmark process dies (``setpriv --pdeathsig``,
-    util-linux), when available. Not a preexec_fn: forking a process that runs gRPC threads makes
-    gRPC complain; ``subprocess`` can spawn without a plain fork only without one."""
-    setpriv = shutil.which("setpriv")
-    return [setpriv, "--pdeathsig", "TERM", "--", *argv] if setpriv else argv
-
-
 def _venv_binary(name: str) -> str:
     candidate = Path(sys.executable).parent / name
     if candidate.exists():
@@ -240,7 +232,7 @@ class Child:
         self.log_path = directory / "server.log"
         with self.log_path.open("wb") as log:
             self.process = subprocess.Popen(
-                _die_with_parent(argv),
+                die_with_parent(argv),
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,

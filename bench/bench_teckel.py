@@ -73,7 +73,18 @@ from pathlib import Path
 
 import numpy as np
 import polars as pl
-from benchlib import Deadline, Report, Table, fmt_int, fmt_num, median, percentile
+from benchlib import (
+    Deadline,
+    Report,
+    Server,
+    Table,
+    fmt_int,
+    fmt_num,
+    launched,
+    median,
+    percentile,
+    service_env,
+)
 
 from lakestack_common.clients import open_channel
 from lakestack_common.testing import wait_serving
@@ -430,58 +441,17 @@ class RssSampler:
         self._thread.join()
 
 
-def _die_with_parent(argv: list[str]) -> list[str]:
-    """SIGTERM to the service if this process dies (util-linux ``setpriv --pdeathsig``); its worker
-    processes die with it (PR_SET_PDEATHSIG)."""
-    setpriv = shutil.which("setpriv")
-    return [setpriv, "--pdeathsig", "TERM", "--", *argv] if setpriv else argv
-
-
-@dataclass
-class Server:
-    address: str
-    process: subprocess.Popen[bytes]
-    log_path: Path
-
-    def log_tail(self, chars: int = 3000) -> str:
-        try:
-            return self.log_path.read_text(errors="replace")[-chars:] or "(empty log)"
-        except OSError:
-            return "(no log)"
-
-
 @contextlib.contextmanager
 def service(directory: Path) -> Iterator[Server]:
     port = free_port(HOST)
-    env = {k: v for k, v in os.environ.items() if not k.startswith(PREFIX)}
-    env.pop("LAKESTACK_CONFIG", None)  # the service's defaults, not a config file's
-    env.pop("POLARS_MAX_THREADS", None)
-    env.update(
-        {
-            PREFIX + "HOST": HOST,
-            PREFIX + "PORT": str(port),
-            PREFIX + "DATA_DIR": str(directory / "state"),
-            PREFIX + "LOG_LEVEL": "WARNING",
-        }
+    env = service_env(
+        PREFIX,
+        {"HOST": HOST, "PORT": str(port), "DATA_DIR": str(directory / "state"), "LOG_LEVEL": "WARNING"},
     )
-    log_path = directory / "server.log"
-    with log_path.open("wb") as log:
-        process = subprocess.Popen(
-            _die_with_parent([SCRIPT]),
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-    try:
-        yield Server(f"{HOST}:{port}", process, log_path)
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=STOP_TIMEOUT_S)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+    env.pop("POLARS_MAX_THREADS", None)
+    # Its worker processes die with it (PR_SET_PDEATHSIG).
+    with launched([SCRIPT], env, f"{HOST}:{port}", directory / "server.log", STOP_TIMEOUT_S) as server:
+        yield server
 
 
 # ---------------------------------------------------------------------------------------------

@@ -55,7 +55,6 @@ import contextlib
 import math
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -66,7 +65,18 @@ from pathlib import Path
 
 import faiss
 import numpy as np
-from benchlib import Deadline, Report, Table, fmt_int, fmt_num, median, percentile
+from benchlib import (
+    Deadline,
+    Report,
+    Server,
+    Table,
+    fmt_int,
+    fmt_num,
+    launched,
+    median,
+    percentile,
+    service_env,
+)
 
 from lakestack_common.testing import wait_serving
 from lakestack_common.topology import free_port
@@ -465,60 +475,24 @@ async def settle(pid: int) -> float:
     return time.monotonic() - started
 
 
-def _die_with_parent(argv: list[str]) -> list[str]:
-    """SIGTERM to the service if this process dies (util-linux ``setpriv --pdeathsig``); its shard
-    processes stop by themselves when their gateway is gone."""
-    setpriv = shutil.which("setpriv")
-    return [setpriv, "--pdeathsig", "TERM", "--", *argv] if setpriv else argv
-
-
-@dataclass
-class Server:
-    address: str
-    process: subprocess.Popen[bytes]
-    log_path: Path
-
-    def log_tail(self, chars: int = 3000) -> str:
-        try:
-            return self.log_path.read_text(errors="replace")[-chars:] or "(empty log)"
-        except OSError:
-            return "(no log)"
-
-
 @contextlib.contextmanager
 def service(shards: int) -> Iterator[Server]:
     directory = Path(tempfile.mkdtemp(prefix="bench-vector-"))
     port = free_port(HOST)
-    env = {k: v for k, v in os.environ.items() if not k.startswith(PREFIX)}
-    env.pop("LAKESTACK_CONFIG", None)  # the service's defaults, not a config file's
-    env.update(
-        {
-            PREFIX + "HOST": HOST,
-            PREFIX + "PORT": str(port),
-            PREFIX + "DATA_DIR": str(directory / "data"),
-            PREFIX + "LOG_LEVEL": "WARNING",
-            PREFIX + "SHARDS": str(shards),
-            PREFIX + "METRIC": "cosine",
-        }
-    )
-    log_path = directory / "server.log"
-    with log_path.open("wb") as log:
-        process = subprocess.Popen(
-            _die_with_parent([SCRIPT]),
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
+    settings = {
+        "HOST": HOST,
+        "PORT": str(port),
+        "DATA_DIR": str(directory / "data"),
+        "LOG_LEVEL": "WARNING",
+        "SHARDS": str(shards),
+        "METRIC": "cosine",
+    }
+    # Its shard processes stop by themselves when their gateway is gone.
+    env = service_env(PREFIX, settings)
     try:
-        yield Server(f"{HOST}:{port}", process, log_path)
+        with launched([SCRIPT], env, f"{HOST}:{port}", directory / "server.log", STOP_TIMEOUT_S) as server:
+            yield server
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=STOP_TIMEOUT_S)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
         shutil.rmtree(directory, ignore_errors=True)
 
 

@@ -6,10 +6,15 @@ A benchmark module in ``bench/`` is any ``bench_<name>.py`` that defines ``NAME`
 
 from __future__ import annotations
 
+import contextlib
 import math
+import os
+import shutil
+import subprocess
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 
 @dataclass
@@ -70,3 +75,56 @@ class Deadline:
 
     def remaining(self) -> float:
         return max(0.0, self.end - time.monotonic())
+
+
+# ---- a service under test, as a child process ---------------------------------------------------
+
+
+def die_with_parent(argv: list[str]) -> list[str]:
+    """Run ``argv`` so that it gets SIGTERM if the benchmark process dies (util-linux ``setpriv
+    --pdeathsig``), when available. Not a preexec_fn: forking a process that runs gRPC threads
+    makes gRPC complain, and ``subprocess`` avoids a plain fork only without one."""
+    setpriv = shutil.which("setpriv")
+    return [setpriv, "--pdeathsig", "TERM", "--", *argv] if setpriv else argv
+
+
+def service_env(prefix: str, settings: dict[str, str]) -> dict[str, str]:
+    """This process's environment without any ``prefix`` setting or config file (the service
+    runs on its defaults), plus ``settings`` (names without the prefix)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(prefix)}
+    env.pop("LAKESTACK_CONFIG", None)
+    env.update({prefix + name: value for name, value in settings.items()})
+    return env
+
+
+@dataclass
+class Server:
+    address: str
+    process: subprocess.Popen[bytes]
+    log_path: Path
+
+    def log_tail(self, chars: int = 3000) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")[-chars:] or "(empty log)"
+        except OSError:
+            return "(no log)"
+
+
+@contextlib.contextmanager
+def launched(
+    argv: list[str], env: dict[str, str], address: str, log_path: Path, stop_timeout_s: float = 15.0
+) -> Iterator[Server]:
+    """Start ``argv`` with its output in ``log_path``; SIGTERM (then SIGKILL) it on exit."""
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(
+            die_with_parent(argv), env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT
+        )
+    try:
+        yield Server(address, process, log_path)
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=stop_timeout_s)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()

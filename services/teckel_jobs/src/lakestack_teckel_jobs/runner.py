@@ -16,7 +16,6 @@ import os
 import subprocess
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import TypeVar
 
 import polars as pl
 
@@ -25,7 +24,6 @@ from lakestack_teckel_jobs.document import Hook, Pipeline
 from lakestack_teckel_jobs.spec_errors import StepFailed
 
 log = logging.getLogger(__name__)
-T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -39,13 +37,13 @@ def build_frames(pipeline: Pipeline, catalog: formats.CatalogConfig | None) -> d
     for name in pipeline.schedule.order:
         if name in pipeline.inputs:
             source = pipeline.inputs[name]
-            frames[name] = _guarded(
+            frames[name] = transforms.guarded(
                 name, functools.partial(formats.scan, source.format, source.path, source.options, catalog)
             )
         elif name in pipeline.steps:
             step = pipeline.steps[name]
             inputs = {dependency: frames[dependency] for dependency in step.dependencies}
-            frames[name] = _guarded(
+            frames[name] = transforms.guarded(
                 name, functools.partial(transforms.apply, step.op.key, step.params, inputs, name=step.name)
             )
     return frames
@@ -97,7 +95,7 @@ def _stage_outputs(
         formats.OutputRequest(frames[o.name], o.format, o.path, o.mode, o.options) for o in pipeline.outputs
     ]
     asset = ", ".join(output.key for output in pipeline.outputs)
-    return _guarded(asset, lambda: formats.stage_many(requests, catalog, tag=tag))
+    return transforms.guarded(asset, lambda: formats.stage_many(requests, catalog, tag=tag))
 
 
 def _check_quality(pipeline: Pipeline, frames: Mapping[str, pl.LazyFrame]) -> None:
@@ -112,7 +110,7 @@ def _check_quality(pipeline: Pipeline, frames: Mapping[str, pl.LazyFrame]) -> No
             raise StepFailed(
                 "E-REF-001", f'quality suite "{suite.get("suite")}" targets undefined asset "{missing[0]}"'
             )
-        results = _guarded(
+        results = transforms.guarded(
             f'quality suite "{suite.get("suite")}"', functools.partial(quality.evaluate_suite, suite, needed)
         )
         quality.enforce(results)
@@ -140,13 +138,3 @@ def _run_hooks(hooks: list[Hook], phase: str, limits: RunLimits, status: str | N
         if status is None:  # a failing pre-execution hook stops the pipeline before it starts
             raise StepFailed("E-HOOK-001", f'{phase} hook "{hook.name}" failed with exit code {code}')
         log.warning("%s hook %r failed with exit code %d (pipeline status unchanged)", phase, hook.name, code)
-
-
-def _guarded(asset: str, build: Callable[[], T]) -> T:
-    """Run ``build``; a Polars error caused by the pipeline becomes a StepFailed naming the asset."""
-    try:
-        return build()
-    except StepFailed:
-        raise
-    except (pl.exceptions.PolarsError, OSError, ValueError, TypeError) as exc:
-        raise transforms.failure_of(exc, asset) from exc

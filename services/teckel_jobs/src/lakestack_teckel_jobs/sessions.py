@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import time
 import uuid
 from collections.abc import Callable, Mapping
@@ -25,7 +26,6 @@ import polars as pl
 
 from lakestack_common.errors import InvalidArgument, NotFound, ResourceExhausted
 from lakestack_teckel_jobs import document, formats, transforms
-from lakestack_teckel_jobs.spec_errors import StepFailed
 
 T = TypeVar("T")
 BACKENDS = ("polars",)
@@ -190,16 +190,8 @@ class Sessions:
 
     async def run_io(self, work: Callable[[], T], asset: str) -> T:
         """Run blocking data work on the session threads; Polars errors name ``asset``."""
-
-        def guarded() -> T:
-            try:
-                return work()
-            except StepFailed:
-                raise
-            except (pl.exceptions.PolarsError, OSError, ValueError, TypeError) as exc:
-                raise transforms.failure_of(exc, asset) from exc
-
-        return await asyncio.get_running_loop().run_in_executor(self._pool, guarded)
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._pool, functools.partial(transforms.guarded, asset, work))
 
     def _expire(self) -> None:
         deadline = time.monotonic() - self.limits.idle_ttl_s

@@ -30,7 +30,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 
 import polars as pl
 
@@ -40,6 +40,7 @@ from lakestack_teckel_jobs.operations import JOIN_TYPES
 from lakestack_teckel_jobs.spec_errors import StepFailed, did_you_mean
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 # Set by the service from its configuration (``enrich_enabled``): enrich makes the server send
 # HTTP requests to URLs written in the pipeline, so it is refused unless the operator opts in.
@@ -88,6 +89,17 @@ def apply(
 
 _EMBEDDED_CODE = re.compile(r"\[(E-[A-Z]+(?:-[A-Z]+)*-\d{3})\] ([^\n]*)")
 _MISSING_COLUMN = re.compile(r'unable to find column "([^"]*)"(?:; valid columns: \[([^\]]*)\])?')
+
+
+def guarded(asset: str, build: Callable[[], T]) -> T:
+    """Run ``build``; a Polars or I/O error caused by the pipeline becomes a StepFailed naming
+    ``asset``."""
+    try:
+        return build()
+    except StepFailed:
+        raise
+    except (pl.exceptions.PolarsError, OSError, ValueError, TypeError) as exc:
+        raise failure_of(exc, asset) from exc
 
 
 def failure_of(exc: Exception, asset: str) -> StepFailed:

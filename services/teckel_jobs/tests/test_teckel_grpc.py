@@ -437,3 +437,19 @@ async def test_quality_suites_gate_the_outputs(stub: Stub, data: Path, tmp_path:
     job = await stub.WaitForJob(pb.WaitForJobRequest(job_id=warned.job_id, timeout_seconds=60))
     assert (job.status, job.error) == ("completed", "")
     assert (tmp_path / "warned").is_dir()
+
+
+async def test_a_worker_that_dies_fails_only_its_job(stub: Stub, data: Path, tmp_path: Path) -> None:
+    # The hook's shell kills its parent, the worker process, as the kernel's OOM killer would.
+    text = pipeline(
+        data,
+        tmp_path / "dead",
+        extra="hooks:\n  preExecution:\n    - {name: oom, command: 'kill -9 $PPID'}\n",
+    )
+    submitted = await stub.SubmitJob(pb.PipelineRequest(yaml=text))
+    job = await stub.WaitForJob(pb.WaitForJobRequest(job_id=submitted.job_id, timeout_seconds=60))
+    assert job.status == "failed" and "worker process exited unexpectedly" in job.error
+    assert not (tmp_path / "dead").exists()
+    fresh = await stub.SubmitJob(pb.PipelineRequest(yaml=pipeline(data, tmp_path / "alive.parquet")))
+    done = await stub.WaitForJob(pb.WaitForJobRequest(job_id=fresh.job_id, timeout_seconds=60))
+    assert done.status == "completed", done.error

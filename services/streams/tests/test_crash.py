@@ -8,25 +8,19 @@ import asyncio
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import grpc
 
 from lakestack_common.clients import StreamsClient
-from lakestack_common.testing import wait_serving
+from lakestack_common.testing import spawn_service, wait_serving
 from lakestack_common.topology import free_port
 from lakestack_protos.waymaker.streams import waymaker_streams_pb2 as pb
 
-SCRIPT = str(Path(sys.executable).parent / "lakestack-streams")
-
 
 def start(data: Path, port: int, log: Path) -> subprocess.Popen[bytes]:
-    env = {**os.environ, "LAKESTACK_STREAMS_HOST": "127.0.0.1", "LAKESTACK_STREAMS_PORT": str(port),
-           "LAKESTACK_STREAMS_DATA_DIR": str(data)}  # fmt: skip
-    with log.open("ab") as fh:
-        return subprocess.Popen([SCRIPT], env=env, stdout=fh, stderr=subprocess.STDOUT)
+    return spawn_service("lakestack-streams", data, port, log)
 
 
 ACK_WAIT_MS = 500  # so deliveries left unacked by the crash come back quickly

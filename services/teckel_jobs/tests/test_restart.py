@@ -8,32 +8,19 @@ import asyncio
 import os
 import signal
 import subprocess
-import sys
 from pathlib import Path
 
 import grpc
 import polars as pl
 
-from lakestack_common.testing import wait_serving
+from lakestack_common.testing import spawn_service, wait_serving
 from lakestack_common.topology import free_port
 from lakestack_protos.teckel.v1 import teckel_pb2 as pb
 from lakestack_protos.teckel.v1 import teckel_pb2_grpc
 
-SCRIPT = str(Path(sys.executable).parent / "lakestack-teckel-jobs")
-PREFIX = "LAKESTACK_TECKEL_JOBS_"
-
 
 def start(state: Path, port: int, log: Path) -> subprocess.Popen[bytes]:
-    env = {
-        **os.environ,
-        PREFIX + "HOST": "127.0.0.1",
-        PREFIX + "PORT": str(port),
-        PREFIX + "DATA_DIR": str(state),
-        PREFIX + "MAX_CONCURRENCY": "1",
-        PREFIX + "HOOKS_ENABLED": "true",
-    }
-    with log.open("ab") as fh:
-        return subprocess.Popen([SCRIPT], env=env, stdout=fh, stderr=subprocess.STDOUT)
+    return spawn_service("lakestack-teckel-jobs", state, port, log, max_concurrency="1", hooks_enabled="true")
 
 
 def document(source: Path, out: Path, hook: str = "") -> str:

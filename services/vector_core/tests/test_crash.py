@@ -9,34 +9,24 @@ import asyncio
 import os
 import signal
 import subprocess
-import sys
 import zlib
 from pathlib import Path
 
 import numpy as np
 
 from lakestack_common import ndarray
-from lakestack_common.testing import wait_serving
+from lakestack_common.testing import spawn_service, wait_serving
 from lakestack_common.topology import free_port
 from lakestack_protos.core import core_pb2 as pb
 from lakestack_vector_core.client import VectorClient
 
-SCRIPT = str(Path(sys.executable).parent / "lakestack-vector-core")
 DIM = 8
-PREFIX = "LAKESTACK_VECTOR_CORE_"
 
 
 def start(data: Path, port: int, log: Path) -> subprocess.Popen[bytes]:
-    env = {
-        **os.environ,
-        PREFIX + "HOST": "127.0.0.1",
-        PREFIX + "PORT": str(port),
-        PREFIX + "DATA_DIR": str(data),
-        PREFIX + "SNAPSHOT_WAL_BYTES": str(256 * 1024),
-        PREFIX + "EXACT_THRESHOLD": "3000",
-    }
-    with log.open("ab") as fh:
-        return subprocess.Popen([SCRIPT], env=env, stdout=fh, stderr=subprocess.STDOUT)
+    return spawn_service(
+        "lakestack-vector-core", data, port, log, snapshot_wal_bytes=str(256 * 1024), exact_threshold="3000"
+    )
 
 
 def vector_of(name: str) -> np.ndarray:

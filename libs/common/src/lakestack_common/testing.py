@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import subprocess
+import sys
 import time
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 from grpc import aio
@@ -42,3 +45,18 @@ async def wait_serving(address: str, process: subprocess.Popen[bytes], timeout_s
             return
         await asyncio.sleep(0.1)
     raise AssertionError(f"{address} is not serving after {timeout_s:g} s")
+
+
+def spawn_service(
+    script: str, data_dir: Path, port: int, log: Path, **settings: str
+) -> subprocess.Popen[bytes]:
+    """Start a service's console script (``lakestack-streams``) as its own process, for tests that
+    kill -9 it. Settings go in its environment (``LAKESTACK_STREAMS_<NAME>``); output is appended
+    to ``log``."""
+    prefix = script.upper().replace("-", "_") + "_"
+    env = {**os.environ, **{prefix + name.upper(): value for name, value in settings.items()}}
+    env.update({prefix + "HOST": "127.0.0.1", prefix + "PORT": str(port), prefix + "DATA_DIR": str(data_dir)})
+    with log.open("ab") as fh:
+        return subprocess.Popen(
+            [str(Path(sys.executable).parent / script)], env=env, stdout=fh, stderr=subprocess.STDOUT
+        )

@@ -20,8 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from lakestack_teckel_jobs import dag, format_options
-from lakestack_teckel_jobs.format_options import FORMATS as INPUT_FORMATS
-from lakestack_teckel_jobs.format_options import WRITE_MODES
+from lakestack_teckel_jobs.format_options import FORMATS, WRITE_MODES
 from lakestack_teckel_jobs.operations import ENTRY_KEYS, OPERATIONS, Field, Kind, Op
 from lakestack_teckel_jobs.spec_errors import Location, PipelineInvalid, SpecError, did_you_mean
 from lakestack_teckel_jobs.substitution import resolve_text
@@ -407,8 +406,8 @@ class _Validator:
 
     def data_format(self, fmt: str, path: str, at: Location | None, side: str) -> str | None:
         normalized = fmt.lower()
-        if normalized not in INPUT_FORMATS:
-            hint = did_you_mean(normalized, INPUT_FORMATS)
+        if normalized not in FORMATS:
+            hint = did_you_mean(normalized, FORMATS)
             self.error("E-FMT-001", f'unsupported {side} format "{fmt}"{hint}', path, at)
             return None
         return normalized

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import polars as pl
 
-from lakestack_teckel_jobs import formats, transforms
+from lakestack_teckel_jobs import formats, quality, transforms
 from lakestack_teckel_jobs.document import Hook, Pipeline
 from lakestack_teckel_jobs.spec_errors import StepFailed
 
@@ -99,17 +99,9 @@ def _stage_outputs(
 
 
 def _check_quality(pipeline: Pipeline, frames: Mapping[str, pl.LazyFrame]) -> None:
-    if not pipeline.quality:
-        return
-    from lakestack_teckel_jobs import quality
-
+    """Run every suite; validation has checked that the assets they name exist."""
     for suite in pipeline.quality:
-        needed = {name: frames[name] for name in quality.suite_targets(suite) if name in frames}
-        missing = [name for name in quality.suite_targets(suite) if name not in frames]
-        if missing:
-            raise StepFailed(
-                "E-REF-001", f'quality suite "{suite.get("suite")}" targets undefined asset "{missing[0]}"'
-            )
+        needed = {name: frames[name] for name in quality.suite_targets(suite)}
         results = transforms.guarded(
             f'quality suite "{suite.get("suite")}"', functools.partial(quality.evaluate_suite, suite, needed)
         )

@@ -39,18 +39,29 @@ class Servicer:
     descriptor: ServiceDescriptor
     implementation: object
     add_to_server: Callable[[Any, Any], None]  # (implementation, server-like)
+    # Methods whose handler may yield/return already-serialized messages (bytes) as well as
+    # messages: a hot path that encodes its responses itself skips building protobuf objects.
+    pre_serialized: frozenset[str] = frozenset()
 
     @property
     def name(self) -> str:
         return self.descriptor.full_name
 
     @classmethod
-    def of(cls, pb2: ModuleType, pb2_grpc: ModuleType, service: str, implementation: object) -> Servicer:
+    def of(
+        cls,
+        pb2: ModuleType,
+        pb2_grpc: ModuleType,
+        service: str,
+        implementation: object,
+        pre_serialized: frozenset[str] = frozenset(),
+    ) -> Servicer:
         """``Servicer.of(teckel_pb2, teckel_pb2_grpc, "TeckelService", handlers)``."""
         return cls(
             pb2.DESCRIPTOR.services_by_name[service],
             implementation,
             getattr(pb2_grpc, f"add_{service}Servicer_to_server"),
+            pre_serialized,
         )
 
 
@@ -90,14 +101,40 @@ class _GenericHandlersOnly:
     call, so per-call CPU grows with the number of methods (+50% server CPU at 80 methods,
     measured: docs/decisions/0006). The generic handler serves the same methods at a dict lookup."""
 
-    def __init__(self, server: aio.Server) -> None:
+    def __init__(self, server: aio.Server, pre_serialized: frozenset[str] = frozenset()) -> None:
         self._server = server
+        self._pre_serialized = pre_serialized
 
     def add_generic_rpc_handlers(self, handlers: Sequence[grpc.GenericRpcHandler]) -> None:
+        if self._pre_serialized:
+            handlers = [_AcceptsBytes(h, self._pre_serialized) for h in handlers]
         self._server.add_generic_rpc_handlers(handlers)
 
     def add_registered_method_handlers(self, service: str, handlers: dict[str, Any]) -> None:
         """Deliberately ignored: the generic handler added alongside covers these methods."""
+
+
+class _AcceptsBytes(grpc.GenericRpcHandler):
+    """Serializes the responses of ``methods`` only when they are not bytes already."""
+
+    def __init__(self, inner: grpc.GenericRpcHandler, methods: frozenset[str]) -> None:
+        self._inner = inner
+        self._methods = methods
+        self._handlers: dict[str, grpc.RpcMethodHandler | None] = {}
+
+    def service(self, handler_call_details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler | None:
+        method: str = handler_call_details.method  # type: ignore[attr-defined]
+        if method not in self._handlers:
+            handler = self._inner.service(handler_call_details)
+            if handler is not None and method.rsplit("/", 1)[-1] in self._methods:
+                serialize = handler.response_serializer
+
+                def serialize_unless_bytes(message: Any) -> bytes:
+                    return message if isinstance(message, bytes) else serialize(message)
+
+                handler = handler._replace(response_serializer=serialize_unless_bytes)  # type: ignore[attr-defined]
+            self._handlers[method] = handler
+        return self._handlers[method]
 
 
 def _add_reflection_v1(server: aio.Server, names: Sequence[str]) -> None:
@@ -149,7 +186,9 @@ class GrpcServer:
         )
         generic_only = _GenericHandlersOnly(server)
         for servicer in self._servicers:
-            servicer.add_to_server(servicer.implementation, generic_only)
+            servicer.add_to_server(
+                servicer.implementation, _GenericHandlersOnly(server, servicer.pre_serialized)
+            )
         health_pb2_grpc.add_HealthServicer_to_server(self._health, generic_only)
         names = [
             *self.service_names,

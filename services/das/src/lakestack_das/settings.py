@@ -1,4 +1,8 @@
+import os
+from pathlib import Path
 from typing import ClassVar
+
+from pydantic import Field
 
 from lakestack_common.config import ServiceSettings
 from lakestack_common.topology import DAS, ServiceInfo
@@ -6,3 +10,33 @@ from lakestack_common.topology import DAS, ServiceInfo
 
 class DasSettings(ServiceSettings):
     service: ClassVar[ServiceInfo] = DAS
+
+    # Threads reading tables (each streaming ExecuteTable holds one) and serving other calls.
+    scan_threads: int = Field(16, ge=1)
+    call_threads: int = Field(8, ge=1)
+    # A partial Rows message is sent after waiting this long for more rows (slow sources).
+    batch_latency_s: float = Field(0.1, gt=0)
+    # ExecuteTable result cache (by full request incl. plan_id), as in the reference server.
+    cache_entries: int = Field(10, ge=0)
+    cache_chunks_per_entry: int = Field(5, ge=0)
+    # Directories `sqlite` and `files` DAS registrations may read; empty allows any path.
+    allowed_roots: list[Path] = Field(default_factory=list)
+    # The lakehouse catalog `lakehouse` registrations use by default. Empty: the lakehouse
+    # service's own defaults (LAKESTACK_LAKEHOUSE_CATALOG_URI / _WAREHOUSE, else its data dir).
+    lakehouse_catalog_uri: str = ""
+    lakehouse_warehouse: str = ""
+
+    @property
+    def resolved_lakehouse_catalog(self) -> tuple[str, str]:
+        lakehouse_dir = Path(os.environ.get("LAKESTACK_LAKEHOUSE_DATA_DIR", "data/lakehouse")).resolve()
+        uri = (
+            self.lakehouse_catalog_uri
+            or os.environ.get("LAKESTACK_LAKEHOUSE_CATALOG_URI")
+            or f"sqlite:///{lakehouse_dir / 'catalog.db'}"
+        )
+        warehouse = (
+            self.lakehouse_warehouse
+            or os.environ.get("LAKESTACK_LAKEHOUSE_WAREHOUSE")
+            or f"file://{lakehouse_dir / 'warehouse'}"
+        )
+        return uri, warehouse

@@ -184,3 +184,59 @@ def test_client_values_are_coerced_to_the_column_type() -> None:
         codec.coerce(1.5, codec.scalar("long"))
     with pytest.raises(InvalidArgument):
         codec.coerce("abc", codec.scalar("date"))
+
+
+@settings(max_examples=60, deadline=None)
+@given(data=st.data(), size=st.integers(1, 40))
+def test_vectorized_numeric_and_timestamp_columns_parse_to_their_values(
+    data: st.DataObject, size: int
+) -> None:
+    """The numpy paths (integers, floats, timestamps) against the values they encode."""
+
+    def column(values: st.SearchStrategy[Any]) -> list[Any]:
+        return data.draw(st.lists(st.none() | values, min_size=size, max_size=size))
+
+    longs = column(st.integers(-(2**63), 2**63 - 1))
+    ints = column(st.integers(-(2**31), 2**31 - 1))
+    shorts = column(st.integers(-(2**15), 2**15 - 1))
+    doubles = column(st.floats(allow_nan=False))
+    floats = column(st.floats(width=32, allow_nan=False))
+    stamps = column(st.datetimes(dt.datetime(1, 1, 1), dt.datetime(9999, 12, 31)))
+    nanos = column(st.integers(-(2**62), 2**62))
+    batch = pa.RecordBatch.from_pydict(
+        {
+            "l": pa.array(longs, pa.int64()), "i": pa.array(ints, pa.int32()),
+            "h": pa.array(shorts, pa.int16()),
+            "d": pa.array(doubles, pa.float64()), "f": pa.array(floats, pa.float32()),
+            "ts": pa.array(stamps, pa.timestamp("us")), "tn": pa.array(nanos, pa.timestamp("ns")),
+        }
+    )  # fmt: skip
+    kinds = {
+        "l": "long",
+        "i": "int",
+        "h": "short",
+        "d": "double",
+        "f": "float",
+        "ts": "timestamp",
+        "tn": "timestamp",
+    }
+    columns = [ColumnDef(name, codec.scalar(kind)) for name, kind in kinds.items()]
+    rows = tables_pb2.Rows.FromString(codec.rows_message(codec.RowEncoder(columns).encode(batch)))
+    for index, row in enumerate(rows.rows):
+        got = {c.name: codec.from_value(c.data) for c in row.columns}
+        assert [c.data.WhichOneof("value") for c in row.columns if got[c.name] is not None] == [
+            kinds[c.name] for c in row.columns if got[c.name] is not None
+        ]
+        assert got["l"] == longs[index] and got["i"] == ints[index] and got["h"] == shorts[index]
+        assert got["d"] == doubles[index]
+        assert got["f"] == (None if floats[index] is None else pytest.approx(floats[index]))
+        assert got["ts"] == stamps[index]
+        if nanos[index] is None:
+            assert got["tn"] is None
+        else:
+            ts = row.columns[6].data.timestamp
+            epoch = dt.datetime(1970, 1, 1) + dt.timedelta(microseconds=nanos[index] // 1000)
+            assert (ts.year, ts.month, ts.day, ts.hour, ts.minute, ts.second) == (
+                epoch.year, epoch.month, epoch.day, epoch.hour, epoch.minute, epoch.second
+            )  # fmt: skip
+            assert ts.nano == nanos[index] % 1_000_000_000

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 
 from lakestack_common.errors import InvalidArgument
@@ -464,14 +465,48 @@ _EPOCH_ORDINAL = dt.date(1970, 1, 1).toordinal()
 _NS_PER_DAY = 86_400_000_000_000
 
 
+def _epoch_date(days: int) -> dt.date | None:
+    try:
+        return dt.date.fromordinal(_EPOCH_ORDINAL + days)
+    except (ValueError, OverflowError):
+        return None  # beyond the years 1..9999: sent as NULL (the client does the same)
+
+
+def _encode_epoch_day(days: int) -> bytes:
+    day = _epoch_date(days)
+    return NULL_VALUE if day is None else _wrap("date", _int_fields(day.year, day.month, day.day))
+
+
+_DAY_FIELDS: dict[int, bytes | None] = {}  # epoch day -> encoded year/month/day fields
+
+
+def _day_fields(days: int) -> bytes | None:
+    fields = _DAY_FIELDS.get(days)
+    if fields is None and days not in _DAY_FIELDS:
+        day = _epoch_date(days)
+        fields = None if day is None else _int_fields(day.year, day.month, day.day)
+        if len(_DAY_FIELDS) < 200_000:  # ~550 years of distinct days; bounded either way
+            _DAY_FIELDS[days] = fields
+    return fields
+
+
 def _encode_timestamp_ns(ns: int) -> bytes:
     """An epoch-nanoseconds timestamp, keeping its nanoseconds (datetime stops at micros)."""
     days, rest = divmod(ns, _NS_PER_DAY)
-    day = dt.date.fromordinal(_EPOCH_ORDINAL + days)
+    date_part = _day_fields(days)
+    if date_part is None:
+        return NULL_VALUE
     seconds, nano = divmod(rest, 1_000_000_000)
     hours, seconds = divmod(seconds, 3600)
     minutes, seconds = divmod(seconds, 60)
-    return _wrap("timestamp", _int_fields(day.year, day.month, day.day, hours, minutes, seconds, nano))
+    clock = b"".join(
+        (b"\x20" + _SMALL_VARINTS[hours] if hours else b"",
+         b"\x28" + _SMALL_VARINTS[minutes] if minutes else b"",
+         b"\x30" + _SMALL_VARINTS[seconds] if seconds else b"",
+         b"\x38" + _varint(nano) if nano else b"")
+    )  # fmt: skip
+    body = date_part + clock
+    return _TAG["timestamp"] + _SMALL_VARINTS[len(body)] + body
 
 
 def _encode_time_ns(ns: int) -> bytes:
@@ -614,47 +649,196 @@ class RowEncoder:
             if column is None:
                 continue  # a column the table does not declare: never sent
             values = batch.column(name) if isinstance(batch, pa.RecordBatch) else batch[name]
-            prefix = _column_prefix(name)
-            cells.append(
-                [b"\x0a" + _len(c) + c for c in (prefix + _len(v) + v for v in self._values(column, values))]
-            )
+            cells.append(_column_cells(column, values))
         if not cells:
             return [b"\x0a\x00"] * _batch_len(batch)
         return [b"\x0a" + _len(row) + row for row in map(b"".join, zip(*cells, strict=True))]
 
-    @staticmethod
-    def _values(column: ColumnDef, values: Any) -> list[bytes]:
-        if isinstance(values, pa.Array | pa.ChunkedArray):
-            special = _arrow_fast_path(values)
-            if special is not None:
-                return special
-            values = values.to_pylist()
-        return list(map(value_encoder(column.type), values))
+
+# Kinds whose values often repeat within a batch (codes, flags, days, names): each distinct value
+# is encoded once per batch. Not worth a lookup for mostly-unique kinds (long, double, timestamp).
+_MEMO_KINDS = frozenset({"byte", "short", "int", "bool", "string", "decimal", "date", "time", "interval"})
+
+
+def _column_cells(column: ColumnDef, values: Any) -> list[bytes]:
+    """The ``Row.columns`` elements (tag, length, Column{name, data}) of one column of a batch."""
+    prefix = _column_prefix(column.name)
+    kind = kind_of(column.type)
+    if isinstance(values, pa.Array | pa.ChunkedArray) and len(prefix) < 100:
+        vectorized = _numeric_cells(kind, prefix, values)
+        if vectorized is not None:
+            return vectorized
+    raw, encode = _raw_values(column, values)
+
+    def cell(value: bytes) -> bytes:
+        body = prefix + _len(value) + value
+        return b"\x0a" + _len(body) + body
+
+    if kind not in _MEMO_KINDS:
+        return [cell(encode(v)) for v in raw]
+    memo: dict[Any, bytes] = {}
+    out: list[bytes] = []
+    append = out.append
+    for v in raw:
+        encoded = memo.get(v)
+        if encoded is None:
+            encoded = memo[v] = cell(encode(v))
+        append(encoded)
+    return out
+
+
+_NUMPY_INTS = {"byte": "int8", "short": "int16", "int": "int32", "long": "int64"}
+
+
+def _numeric_cells(kind: str, prefix: bytes, values: pa.Array | pa.ChunkedArray) -> list[bytes] | None:
+    """Cells of an integer or floating-point Arrow column built with numpy, row bytes sliced from
+    one buffer: several times faster than encoding value by value. Values are written even when
+    zero (explicit defaults parse the same); nulls become ValueNull."""
+    arrow = values.type
+    if kind in _NUMPY_INTS and pa.types.is_integer(arrow):
+        if not values.type.equals(pa.int64()):
+            values = values.cast(pa.int64())  # widening or range-checked
+        numbers = values.fill_null(0).to_numpy()
+        varint, varint_len = _varints(numbers)
+        head = np.array([_TAG[kind][0], 0, 0x08], np.uint8)
+        payload = np.empty((len(numbers), 3 + varint.shape[1]), np.uint8)
+        payload[:, :3] = head
+        payload[:, 1] = 1 + varint_len
+        payload[:, 3:] = varint
+        lengths = 3 + varint_len
+    elif kind in ("double", "float") and pa.types.is_floating(arrow):
+        dtype, tag_and_len = ("<f8", b"\x09\x09") if kind == "double" else ("<f4", b"\x05\x0d")
+        numbers = values.fill_null(0).to_numpy().astype(dtype, copy=False)
+        width = numbers.dtype.itemsize
+        payload = np.empty((len(numbers), 3 + width), np.uint8)
+        payload[:, :3] = np.frombuffer(_TAG[kind] + tag_and_len, np.uint8)
+        payload[:, 3:] = numbers.view(np.uint8).reshape(-1, width)
+        lengths = np.full(len(numbers), 3 + width, np.int64)
+    elif kind == "timestamp" and pa.types.is_timestamp(arrow):
+        built = _timestamp_payloads(values)
+        if built is None:
+            return None
+        payload, lengths = built
+    else:
+        return None
+    if values.null_count:
+        nulls = values.is_null().to_numpy(zero_copy_only=False)
+        payload[nulls, :2] = np.frombuffer(NULL_VALUE, np.uint8)
+        lengths[nulls] = len(NULL_VALUE)
+    return _cells_of_payloads(prefix, payload, lengths)
+
+
+def _timestamp_payloads(values: pa.Array | pa.ChunkedArray) -> tuple[np.ndarray, np.ndarray] | None:
+    """ValueTimestamp bytes of every row: year (always a 2-byte varint for the years 128..9999,
+    otherwise None: the per-value path handles them), month, day, hour, minute, second written
+    explicitly, then the nanoseconds' varint."""
+    per_unit = _NS_PER_UNIT[values.type.unit]
+    raw = values.cast(pa.timestamp(values.type.unit)).cast(pa.int64()).fill_null(0).to_numpy()
+    if values.null_count:
+        raw = np.where(values.is_null().to_numpy(zero_copy_only=False), 0, raw)
+    if len(raw) and (raw.min() < -(2**62) // per_unit or raw.max() > 2**62 // per_unit):
+        return None
+    ns = raw.astype(np.int64) * per_unit
+    days = ns // _NS_PER_DAY
+    rest = ns - days * _NS_PER_DAY
+    calendar = days.astype("datetime64[D]")
+    month_start = calendar.astype("datetime64[M]")
+    year = calendar.astype("datetime64[Y]").astype(np.int64) + 1970
+    if len(year) and (year.min() < 128 or year.max() > 9999):
+        return None
+    month = month_start.astype(np.int64) % 12 + 1
+    day = (calendar - month_start).astype(np.int64) + 1
+    seconds, nano = rest // 1_000_000_000, rest % 1_000_000_000
+    nano_varint, nano_len = _varints(nano)
+    fixed = 2 + 3 + 2 * 5 + 1  # tag, len, year field, five one-byte fields, nano's tag
+    payload = np.empty((len(ns), fixed + nano_varint.shape[1]), np.uint8)
+    payload[:, 0] = _TAG["timestamp"][0]
+    payload[:, 1] = fixed - 2 + nano_len
+    payload[:, 2] = 0x08
+    payload[:, 3] = (year & 0x7F) | 0x80
+    payload[:, 4] = year >> 7
+    for column, (tag, part) in enumerate(
+        (
+            (0x10, month),
+            (0x18, day),
+            (0x20, seconds // 3600),
+            (0x28, seconds // 60 % 60),
+            (0x30, seconds % 60),
+        )
+    ):
+        payload[:, 5 + 2 * column] = tag
+        payload[:, 6 + 2 * column] = part
+    payload[:, fixed - 1] = 0x38
+    payload[:, fixed:] = nano_varint
+    return payload, fixed + nano_len
+
+
+def _varints(numbers: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Protobuf varints of int64 values (two's complement, so negatives take 10 bytes), as a
+    bytes matrix and each row's length."""
+    rest = numbers.astype(np.int64).view(np.uint64).copy()
+    out = np.zeros((len(rest), 10), np.uint8)
+    lengths = np.ones(len(rest), np.int64)
+    seven = np.uint64(7)
+    for position in range(10):
+        out[:, position] = (rest & np.uint64(0x7F)).astype(np.uint8)
+        rest >>= seven
+        more = rest != 0
+        if not more.any():
+            return out[:, : position + 1], lengths
+        out[more, position] |= 0x80
+        lengths += more
+    return out, lengths
+
+
+def _cells_of_payloads(prefix: bytes, payload: np.ndarray, lengths: np.ndarray) -> list[bytes]:
+    """``0x0a len (prefix len value)`` per row, value = ``payload[i, :lengths[i]]`` (< 28 bytes)."""
+    rows, width = payload.shape
+    size = len(prefix)
+    cells = np.empty((rows, 3 + size + width), np.uint8)
+    cells[:, 0] = 0x0A
+    cells[:, 1] = size + 1 + lengths
+    cells[:, 2 : 2 + size] = np.frombuffer(prefix, np.uint8)
+    cells[:, 2 + size] = lengths
+    cells[:, 3 + size :] = payload
+    buffer = cells.tobytes()
+    stride = cells.shape[1]
+    return [
+        buffer[start : start + n]
+        for start, n in zip(range(0, rows * stride, stride), (3 + size + lengths).tolist(), strict=True)
+    ]
+
+
+_NS_PER_UNIT = {"s": 1_000_000_000, "ms": 1_000_000, "us": 1000, "ns": 1}
+
+
+def _raw_values(column: ColumnDef, values: Any) -> tuple[Sequence[Any], Callable[[Any], bytes]]:
+    """Values as cheap Python objects plus the function encoding one of them.
+
+    Arrow timestamps, times and dates go through their integer representation: no datetime
+    objects (slow to build, and they stop at microseconds and the year 9999)."""
+    if not isinstance(values, pa.Array | pa.ChunkedArray):
+        return values, value_encoder(column.type)
+    arrow = values.type
+    if pa.types.is_dictionary(arrow):
+        values, arrow = values.cast(arrow.value_type), arrow.value_type
+    if pa.types.is_timestamp(arrow):
+        per_unit = _NS_PER_UNIT[arrow.unit]
+        raw = values.cast(pa.timestamp(arrow.unit)).cast(pa.int64()).to_pylist()
+        return raw, _nullable(lambda v: _encode_timestamp_ns(v * per_unit))
+    if pa.types.is_time(arrow):
+        per_unit = _NS_PER_UNIT[arrow.unit]
+        raw = values.cast(pa.int64() if pa.types.is_time64(arrow) else pa.int32()).to_pylist()
+        return raw, _nullable(lambda v: _encode_time_ns(v * per_unit))
+    if pa.types.is_date32(arrow):
+        return values.cast(pa.int32()).to_pylist(), _nullable(_encode_epoch_day)
+    return values.to_pylist(), value_encoder(column.type)
 
 
 def _batch_len(batch: Batch) -> int:
     if isinstance(batch, pa.RecordBatch):
         return batch.num_rows
     return len(next(iter(batch.values()), []))
-
-
-def _arrow_fast_path(values: pa.Array | pa.ChunkedArray) -> list[bytes] | None:
-    """Arrow columns whose Python conversion loses precision (ns) or wastes time."""
-    arrow = values.type
-    if pa.types.is_timestamp(arrow) and arrow.unit == "ns":
-        if arrow.tz is not None:
-            values = values.cast(pa.timestamp("ns"))
-        raw = values.cast(pa.int64()).to_pylist()
-        return [NULL_VALUE if v is None else _encode_timestamp_ns(v) for v in raw]
-    if pa.types.is_time64(arrow) and arrow.unit == "ns":
-        raw = values.cast(pa.int64()).to_pylist()
-        return [NULL_VALUE if v is None else _encode_time_ns(v) for v in raw]
-    if pa.types.is_timestamp(arrow) and arrow.tz is not None:
-        values = values.cast(pa.timestamp(arrow.unit))
-        return list(map(_nullable(_encode_timestamp), values.to_pylist()))
-    if pa.types.is_dictionary(arrow):
-        return RowEncoder._values(ColumnDef("", das_type_for_arrow(arrow)), values.cast(arrow.value_type))
-    return None
 
 
 def rows_message(encoded_rows: Iterable[bytes]) -> bytes:

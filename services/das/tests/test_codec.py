@@ -203,12 +203,15 @@ def test_vectorized_numeric_and_timestamp_columns_parse_to_their_values(
     floats = column(st.floats(width=32, allow_nan=False))
     stamps = column(st.datetimes(dt.datetime(1, 1, 1), dt.datetime(9999, 12, 31)))
     nanos = column(st.integers(-(2**62), 2**62))
+    texts = column(st.text(alphabet="aé\x00", max_size=3) | st.text(max_size=120))
+    blobs = column(st.binary(max_size=4))
     batch = pa.RecordBatch.from_pydict(
         {
             "l": pa.array(longs, pa.int64()), "i": pa.array(ints, pa.int32()),
             "h": pa.array(shorts, pa.int16()),
             "d": pa.array(doubles, pa.float64()), "f": pa.array(floats, pa.float32()),
             "ts": pa.array(stamps, pa.timestamp("us")), "tn": pa.array(nanos, pa.timestamp("ns")),
+            "s": pa.array(texts, pa.string()), "b": pa.array(blobs, pa.binary()),
         }
     )  # fmt: skip
     kinds = {
@@ -219,6 +222,8 @@ def test_vectorized_numeric_and_timestamp_columns_parse_to_their_values(
         "f": "float",
         "ts": "timestamp",
         "tn": "timestamp",
+        "s": "string",
+        "b": "binary",
     }
     columns = [ColumnDef(name, codec.scalar(kind)) for name, kind in kinds.items()]
     rows = tables_pb2.Rows.FromString(codec.rows_message(codec.RowEncoder(columns).encode(batch)))
@@ -231,6 +236,7 @@ def test_vectorized_numeric_and_timestamp_columns_parse_to_their_values(
         assert got["d"] == doubles[index]
         assert got["f"] == (None if floats[index] is None else pytest.approx(floats[index]))
         assert got["ts"] == stamps[index]
+        assert got["s"] == texts[index] and got["b"] == blobs[index]
         if nanos[index] is None:
             assert got["tn"] is None
         else:
@@ -240,3 +246,21 @@ def test_vectorized_numeric_and_timestamp_columns_parse_to_their_values(
                 epoch.year, epoch.month, epoch.day, epoch.hour, epoch.minute, epoch.second
             )  # fmt: skip
             assert ts.nano == nanos[index] % 1_000_000_000
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    decimals=st.lists(st.none() | st.decimals(-(10**9), 10**9, places=2), min_size=1, max_size=20),
+    days=st.lists(st.none() | st.dates(), min_size=1, max_size=20),
+)
+def test_arrow_decimals_and_dates_take_their_bulk_paths_exactly(
+    decimals: list[Decimal | None], days: list[dt.date | None]
+) -> None:
+    size = min(len(decimals), len(days))
+    batch = pa.RecordBatch.from_pydict(
+        {"amount": pa.array(decimals[:size], pa.decimal128(12, 2)), "day": pa.array(days[:size], pa.date32())}
+    )
+    columns = [ColumnDef("amount", codec.scalar("decimal")), ColumnDef("day", codec.scalar("date"))]
+    rows = tables_pb2.Rows.FromString(codec.rows_message(codec.RowEncoder(columns).encode(batch)))
+    assert [codec.from_value(r.columns[0].data) for r in rows.rows] == decimals[:size]
+    assert [codec.from_value(r.columns[1].data) for r in rows.rows] == days[:size]

@@ -64,6 +64,10 @@ BUILT: dict[str, set[str]] = {
     "waymaker.streams.WaymakerCollectionsService": ALL,
     "core.RPCClient": ALL,
     "teckel.v1.TeckelService": ALL,
+    "com.rawlabs.protocol.das.v1.services.RegistrationService": ALL,
+    "com.rawlabs.protocol.das.v1.services.TablesService": ALL,
+    "com.rawlabs.protocol.das.v1.services.FunctionsService": ALL,
+    "com.rawlabs.protocol.das.v1.services.HealthCheckService": ALL,
 }  # fmt: skip
 
 SERVICES = {info.name: info for info in topology.SERVICES}

@@ -264,3 +264,22 @@ def test_arrow_decimals_and_dates_take_their_bulk_paths_exactly(
     rows = tables_pb2.Rows.FromString(codec.rows_message(codec.RowEncoder(columns).encode(batch)))
     assert [codec.from_value(r.columns[0].data) for r in rows.rows] == decimals[:size]
     assert [codec.from_value(r.columns[1].data) for r in rows.rows] == days[:size]
+
+
+def test_arrow_maps_travel_as_lists_of_key_value_records_at_any_depth() -> None:
+    entries = pa.map_(pa.string(), pa.int32())
+    nested = pa.struct([("inner", entries)])
+    batch = pa.RecordBatch.from_pydict(
+        {
+            "m": pa.array([[("a", 1), ("b", None)], None, []], entries),
+            "s": pa.array([{"inner": [("x", 2)]}, None, {"inner": None}], nested),
+        }
+    )
+    columns = [ColumnDef(f.name, codec.das_type_for_arrow(f.type)) for f in batch.schema]
+    rows = tables_pb2.Rows.FromString(codec.rows_message(codec.RowEncoder(columns).encode(batch)))
+    assert [codec.from_value(r.columns[0].data) for r in rows.rows] == [
+        [{"key": "a", "value": 1}, {"key": "b", "value": None}], None, [],
+    ]  # fmt: skip
+    assert [codec.from_value(r.columns[1].data) for r in rows.rows] == [
+        {"inner": [{"key": "x", "value": 2}]}, None, {"inner": None},
+    ]  # fmt: skip

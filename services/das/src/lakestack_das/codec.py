@@ -529,6 +529,8 @@ def _record_encoder(das_type: types_pb2.Type) -> Callable[[Any], bytes]:
             for a in das_type.record.atts]  # fmt: skip
 
     def encode(v: Any) -> bytes:
+        if isinstance(v, tuple):  # an Arrow map entry, (key, value): a record {key, value}
+            v = dict(zip([a[0] for a in atts], v, strict=False))
         if atts:
             parts = (_record_att(name_bytes, enc(v.get(name))) for name, name_bytes, enc in atts)
         else:  # open record: every field, types inferred

@@ -16,8 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from lakestack_common.errors import Internal, InvalidArgument, LakestackError
-from lakestack_das.codec import RowEncoder, coerce
-from lakestack_das.query import Query
+from lakestack_das.codec import RowEncoder, coerce, kind_of
+from lakestack_das.query import Query, SortKey
 from lakestack_das.registry import Registry, make_run_blocking
 from lakestack_das.sources.base import DataSource, FunctionDef, Row, SourceContext, SourceTypes, Table
 from lakestack_das.streaming import ResultCache, chunk_limit, stream_chunks
@@ -83,6 +83,10 @@ class Das:
         return tables
 
     # ---- queries
+
+    async def sort_orders(self, ref: TableRef, keys: Sequence[SortKey]) -> list[SortKey]:
+        accepted: list[SortKey] = await self.run(accepted_sort_keys, ref.table, keys)
+        return accepted
 
     async def execute(
         self, ref: TableRef, query: Query, cache_key: bytes | None, max_batch_size_bytes: int | None
@@ -174,10 +178,27 @@ def bind_arguments(function: FunctionDef, args: Mapping[str, Any]) -> dict[str, 
     return bound
 
 
+# Collations under which text sorts by code point, as our sources sort it.
+BYTE_ORDER_COLLATIONS = frozenset({"C", "POSIX", "ucs_basic"})
+
+
+def accepted_sort_keys(table: Table, keys: Sequence[SortKey]) -> list[SortKey]:
+    """The prefix of ``keys`` the table returns rows in, stopped before the first text key that
+    does not name a byte-order collation: the client's default collation (sent as "") may be a
+    locale (en_US), whose order no source here reproduces, and the client never re-sorts."""
+    types = {c.name: kind_of(c.type) for c in table.definition.columns}
+    accepted: list[SortKey] = []
+    for key in table.sort_orders(keys):
+        if types.get(key.name) == "string" and key.collate not in BYTE_ORDER_COLLATIONS:
+            break
+        accepted.append(key)
+    return accepted
+
+
 def _encoded_scan(table: Table, query: Query, stop: threading.Event) -> Iterator[list[bytes]]:
     """The table's rows for ``query`` as encoded ``Row`` elements (runs on a scan thread)."""
     name = table.definition.name
-    if query.sort_keys and table.sort_orders(query.sort_keys) != list(query.sort_keys):
+    if query.sort_keys and accepted_sort_keys(table, query.sort_keys) != list(query.sort_keys):
         # The client never re-sorts: rows in another order would be a wrong answer.
         raise InvalidArgument(f"table {name} cannot return rows in the requested order")
     wanted = set(query.columns)

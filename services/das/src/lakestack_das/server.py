@@ -87,7 +87,7 @@ class TablesHandlers(tables_service_pb2_grpc.TablesServiceServicer):
         self, request: tpb.GetTableSortOrdersRequest, context: aio.ServicerContext
     ) -> tpb.GetTableSortOrdersResponse:
         ref = await self._das.table(request.das_id.id, request.table_id.name)
-        accepted = await self._das.run(ref.table.sort_orders, protocol.sort_keys(request.sort_keys))
+        accepted = await self._das.sort_orders(ref, protocol.sort_keys(request.sort_keys))
         return tpb.GetTableSortOrdersResponse(sort_keys=[protocol.sort_key_pb(k) for k in accepted])
 
     async def GetTablePathKeys(
@@ -116,9 +116,9 @@ class TablesHandlers(tables_service_pb2_grpc.TablesServiceServicer):
         query = protocol.query(request.query, ref.table.definition)
         return tpb.ExplainTableResponse(stmts=await self._das.run(ref.table.explain, query))
 
-    async def ExecuteTable(
+    async def ExecuteTable(  # type: ignore[override]  # yields pre-serialized Rows
         self, request: tpb.ExecuteTableRequest, context: aio.ServicerContext
-    ) -> AsyncIterator[bytes]:  # type: ignore[override]  # pre-serialized Rows
+    ) -> AsyncIterator[bytes]:
         ref = await self._das.table(request.das_id.id, request.table_id.name)
         query = protocol.query(request.query, ref.table.definition)
         max_bytes = request.max_batch_size_bytes if request.HasField("max_batch_size_bytes") else None

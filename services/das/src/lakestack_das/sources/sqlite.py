@@ -465,6 +465,13 @@ class _Column:
             ) from exc
 
     def to_arrow(self, values: Sequence[Any]) -> pa.Array:
+        if self.kind in _PARSED_BY_ARROW:
+            # ISO text (the usual storage) parsed by Arrow in bulk; anything else (numbers,
+            # offsets, spaces, excess decimal places) makes the cast fail and takes the path below.
+            try:
+                return pa.array(values, pa.large_string()).cast(self.arrow_type)
+            except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError):
+                pass
         fast = _FAST_ARROW.get(self.kind)
         if fast is not None:
             try:
@@ -542,6 +549,7 @@ class _Column:
         return min(self.size, default) if self.size else default
 
 
+_PARSED_BY_ARROW = frozenset({"date", "timestamp", "decimal"})
 _READERS: dict[str, Callable[[Any], Any]] = {
     "long": _read_long,
     "double": _read_double,

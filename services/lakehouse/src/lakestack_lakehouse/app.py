@@ -1,28 +1,53 @@
-"""Composition root of the lakehouse service: settings -> catalog -> handlers -> server."""
+"""Composition root of the lakehouse service: settings -> core -> handlers -> server."""
+
+from __future__ import annotations
+
+from pathlib import Path
 
 from lakestack_common.entrypoint import run_service
 from lakestack_common.server import Service, Servicer
 from lakestack_lakehouse import server as handlers
+from lakestack_lakehouse.catalog import default_config
+from lakestack_lakehouse.core import Lakehouse, LakehouseConfig
 from lakestack_lakehouse.settings import LakehouseSettings
 from lakestack_protos.lakehouse import lakehouse_pb2, lakehouse_pb2_grpc
 
 
 class LakehouseService(Service):
     name = "lakehouse"
+    settings: LakehouseSettings
+
+    def __init__(self, settings: LakehouseSettings) -> None:
+        super().__init__(settings)
+        data_dir = Path(settings.data_dir)
+        self.lakehouse = Lakehouse(
+            LakehouseConfig(
+                data_dir=data_dir,
+                default_catalog=default_config(data_dir, settings.catalog_uri, settings.warehouse),
+                threads=settings.threads,
+            )
+        )
 
     def servicers(self) -> list[Servicer]:
+        lakehouse = self.lakehouse
         implementations = {
-            "CatalogService": handlers.CatalogHandlers(),  # type: ignore[abstract]  # unbuilt RPCs: UNIMPLEMENTED
-            "HealthService": handlers.HealthHandlers(),  # type: ignore[abstract]  # unbuilt RPCs: UNIMPLEMENTED
-            "OperationsService": handlers.OperationsHandlers(),  # type: ignore[abstract]  # unbuilt RPCs: UNIMPLEMENTED
-            "StreamingService": handlers.StreamingHandlers(),  # type: ignore[abstract]  # unbuilt RPCs: UNIMPLEMENTED
-            "AgentService": handlers.AgentHandlers(),  # type: ignore[abstract]  # unbuilt RPCs: UNIMPLEMENTED
-            "ConfigService": handlers.ConfigHandlers(),  # type: ignore[abstract]  # unbuilt RPCs: UNIMPLEMENTED
+            "CatalogService": handlers.CatalogHandlers(lakehouse),
+            "HealthService": handlers.HealthHandlers(lakehouse),  # type: ignore[abstract]  # unbuilt RPCs: UNIMPLEMENTED
+            "OperationsService": handlers.OperationsHandlers(lakehouse),  # type: ignore[abstract]
+            "StreamingService": handlers.StreamingHandlers(lakehouse),  # type: ignore[abstract]
+            "AgentService": handlers.AgentHandlers(lakehouse),  # type: ignore[abstract]
+            "ConfigService": handlers.ConfigHandlers(lakehouse),
         }
         return [
             Servicer.of(lakehouse_pb2, lakehouse_pb2_grpc, name, impl)
             for name, impl in implementations.items()
         ]
+
+    async def start(self) -> None:
+        await self.lakehouse.open()
+
+    async def stop(self) -> None:
+        await self.lakehouse.close()
 
 
 def main() -> None:

@@ -1,8 +1,16 @@
 from typing import ClassVar
 
+from pydantic import Field
+
 from lakestack_common.config import ServiceSettings
 from lakestack_common.topology import LAKEHOUSE, ServiceInfo
 
 
 class LakehouseSettings(ServiceSettings):
     service: ClassVar[ServiceInfo] = LAKEHOUSE
+
+    # The embedded default catalog (pyiceberg SQL catalog "lakestack"); ConfigService can replace it.
+    catalog_uri: str = ""  # default sqlite:///<data_dir>/catalog.db
+    warehouse: str = ""  # default file://<data_dir>/warehouse
+    # Threads running pyiceberg work (metadata, compaction, expiry).
+    threads: int = Field(4, ge=1)

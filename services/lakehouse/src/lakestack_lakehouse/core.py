@@ -1,0 +1,212 @@
+"""The lakehouse service's core: every operation on the catalog and its tables, no gRPC.
+
+pyiceberg is blocking (catalog queries, metadata and data I/O), so every table operation runs
+on a bounded thread pool; the event loop only awaits. Operations on one table are serialized
+(a per-table lock) so that, within this service, a compaction and a schema change never race;
+writers outside the service are handled by Iceberg's optimistic commits.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+from pyiceberg.table import Table
+
+from lakestack_lakehouse import schema as schema_ops
+from lakestack_lakehouse.catalog import CatalogConfig, Catalogs, open_catalog
+from lakestack_lakehouse.config_store import ConfigStore, StoredConfig
+from lakestack_lakehouse.schema import Column
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class LakehouseConfig:
+    data_dir: Path
+    default_catalog: CatalogConfig
+    threads: int = 4
+
+
+@dataclass
+class TableSchema:
+    table: str
+    columns: list[Column]
+    schema_id: int
+    current_snapshot_id: int | None
+    partition_fields: list[dict[str, Any]]
+    spec_id: int
+    sort_order_id: int
+    sort_fields: list[dict[str, Any]]
+    properties: dict[str, str]
+    location: str
+    format_version: int
+
+
+@dataclass
+class OperationResult:
+    operation: str
+    table: str
+    details: dict[str, Any]
+    snapshot_id: int | None = None
+    duration_ms: int = 0
+
+
+@dataclass
+class Lakehouse:
+    config: LakehouseConfig
+    catalogs: Catalogs = field(init=False)
+    store: ConfigStore = field(init=False)
+    _pool: ThreadPoolExecutor = field(init=False)
+    _locks: collections.defaultdict[str, asyncio.Lock] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.catalogs = Catalogs(self.config.default_catalog)
+        self.store = ConfigStore(self.config.data_dir / "lakehouse.db", self.config.default_catalog)
+        self._pool = ThreadPoolExecutor(self.config.threads, thread_name_prefix="lakehouse")
+        self._locks = collections.defaultdict(asyncio.Lock)
+
+    async def open(self) -> None:
+        self.config.data_dir.mkdir(parents=True, exist_ok=True)
+        await self.store.open()
+        stored = await self.store.current()
+        self.catalogs.replace(stored.config)
+        await self.run(self.catalogs.catalog)  # fail fast on a broken configuration
+
+    async def close(self) -> None:
+        await self.store.close()
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+    async def run(self, fn: Callable[..., T], *args: Any) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
+
+    @property
+    def pool(self) -> ThreadPoolExecutor:
+        return self._pool
+
+    # ---- catalog
+
+    async def list_tables(self, namespace: str = "") -> tuple[list[str], list[str]]:
+        return await self.run(self.catalogs.list_tables, namespace)
+
+    async def load_table(self, name: str) -> Table:
+        return await self.run(self.catalogs.load_table, name)
+
+    def table_key(self, name: str) -> str:
+        return ".".join(self.catalogs.identifier(name))
+
+    async def schema(self, name: str) -> TableSchema:
+        table = await self.load_table(name)
+        return await self.run(_describe, table, self.table_key(name))
+
+    # ---- operations on one table, serialized per table within this service
+
+    async def on_table(
+        self,
+        operation: str,
+        name: str,
+        fn: Callable[..., dict[str, Any] | tuple[dict[str, Any], int | None]],
+        *args: Any,
+    ) -> OperationResult:
+        key = self.table_key(name)
+        async with self._locks[key]:
+            table = await self.load_table(name)
+            started = time.perf_counter()
+            outcome = await self.run(fn, table, *args)
+        details, snapshot_id = outcome if isinstance(outcome, tuple) else (outcome, None)
+        return OperationResult(
+            operation, key, details, snapshot_id, int((time.perf_counter() - started) * 1000)
+        )
+
+    async def add_column(
+        self, name: str, column: str, type_text: str, after: str | None, comment: str | None, required: bool
+    ) -> OperationResult:
+        return await self.on_table(
+            "add_column", name, schema_ops.add_column, column, type_text, after, comment, required
+        )
+
+    async def rename_column(self, name: str, old_name: str, new_name: str) -> OperationResult:
+        return await self.on_table("rename_column", name, schema_ops.rename_column, old_name, new_name)
+
+    async def drop_column(self, name: str, column: str) -> OperationResult:
+        return await self.on_table("drop_column", name, schema_ops.drop_column, column)
+
+    # ---- configuration
+
+    async def get_config(self) -> StoredConfig:
+        return await self.store.current()
+
+    async def set_config(
+        self,
+        catalog_type: str,
+        catalog_name: str,
+        uri: str,
+        warehouse: str,
+        props: dict[str, str],
+        merge_props: bool,
+        validate_only: bool,
+        expected_version: int | None,
+    ) -> tuple[StoredConfig, bool]:
+        """Validate (connect and list namespaces), then store and apply unless ``validate_only``."""
+        config, replaces = await self.store.proposed(
+            catalog_type, catalog_name, uri, warehouse, props, merge_props, expected_version
+        )
+        catalog = await self.run(open_catalog, config)
+        await self.run(catalog.list_namespaces)
+        if validate_only:
+            return StoredConfig(config, replaces, 0), False
+        stored = await self.store.store(config, replaces)
+        self.catalogs.replace(config, catalog)
+        return stored, True
+
+
+def _describe(table: Table, name: str) -> TableSchema:
+    current = table.schema()
+    identifiers = set(current.identifier_field_ids)
+    spec = table.spec()
+    order = table.sort_order()
+    snapshot = table.current_snapshot()
+
+    def source_name(source_id: int) -> str:
+        try:
+            return current.find_column_name(source_id) or ""
+        except ValueError:
+            return ""
+
+    return TableSchema(
+        table=name,
+        columns=schema_ops.columns_of(current.fields, identifiers),
+        schema_id=current.schema_id,
+        current_snapshot_id=snapshot.snapshot_id if snapshot else None,
+        partition_fields=[
+            {
+                "source_id": f.source_id,
+                "source_name": source_name(f.source_id),
+                "field_id": f.field_id,
+                "name": f.name,
+                "transform": str(f.transform),
+            }
+            for f in spec.fields
+        ],
+        spec_id=spec.spec_id,
+        sort_order_id=order.order_id,
+        sort_fields=[
+            {
+                "source_id": f.source_id,
+                "source_name": source_name(f.source_id),
+                "transform": str(f.transform),
+                "direction": "asc" if str(f.direction).lower().endswith("asc") else "desc",
+                "null_order": "nulls-first" if "first" in str(f.null_order).lower() else "nulls-last",
+            }
+            for f in order.fields
+        ],
+        properties=dict(table.properties),
+        location=table.location(),
+        format_version=table.format_version,
+    )

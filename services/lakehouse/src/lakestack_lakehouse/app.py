@@ -7,6 +7,8 @@ from pathlib import Path
 from lakestack_common.entrypoint import run_service
 from lakestack_common.server import Service, Servicer
 from lakestack_lakehouse import server as handlers
+from lakestack_lakehouse.agent import AgentConfig
+from lakestack_lakehouse.agent_tools import AgentProvider
 from lakestack_lakehouse.catalog import default_config
 from lakestack_lakehouse.core import Lakehouse, LakehouseConfig
 from lakestack_lakehouse.settings import LakehouseSettings
@@ -28,14 +30,25 @@ class LakehouseService(Service):
             )
         )
 
+        self.agents = AgentProvider(
+            self.lakehouse,
+            AgentConfig(
+                default_provider=settings.agent_provider,
+                default_model=settings.agent_model,
+                api_base=settings.agent_api_base or None,
+                api_key=settings.agent_api_key or None,
+            ),
+        )
+
     def servicers(self) -> list[Servicer]:
         lakehouse = self.lakehouse
         implementations = {
             "CatalogService": handlers.CatalogHandlers(lakehouse),
-            "HealthService": handlers.HealthHandlers(lakehouse),  # type: ignore[abstract]  # unbuilt RPCs: UNIMPLEMENTED
-            "OperationsService": handlers.OperationsHandlers(lakehouse),  # type: ignore[abstract]
+            "HealthService": handlers.HealthHandlers(lakehouse),
+            "OperationsService": handlers.OperationsHandlers(lakehouse),
+            # unbuilt RPCs: UNIMPLEMENTED
             "StreamingService": handlers.StreamingHandlers(lakehouse),  # type: ignore[abstract]
-            "AgentService": handlers.AgentHandlers(lakehouse),  # type: ignore[abstract]
+            "AgentService": handlers.AgentHandlers(self.agents),
             "ConfigService": handlers.ConfigHandlers(lakehouse),
         }
         return [

@@ -14,14 +14,19 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, TypeVar
 
 from pyiceberg.table import Table
 
+from lakestack_common.errors import InvalidArgument
+from lakestack_lakehouse import compaction, maintenance
+from lakestack_lakehouse import health as health_ops
 from lakestack_lakehouse import schema as schema_ops
 from lakestack_lakehouse.catalog import CatalogConfig, Catalogs, open_catalog
 from lakestack_lakehouse.config_store import ConfigStore, StoredConfig
+from lakestack_lakehouse.health import HealthReport
 from lakestack_lakehouse.schema import Column
 
 T = TypeVar("T")
@@ -137,6 +142,57 @@ class Lakehouse:
     async def drop_column(self, name: str, column: str) -> OperationResult:
         return await self.on_table("drop_column", name, schema_ops.drop_column, column)
 
+    # ---- health and maintenance
+
+    async def health(
+        self, name: str, target_file_size_bytes: int | None, small_file_threshold_bytes: int | None
+    ) -> tuple[str, HealthReport]:
+        table = await self.load_table(name)
+        report = await self.run(
+            health_ops.table_health, table, target_file_size_bytes, small_file_threshold_bytes
+        )
+        return self.table_key(name), report
+
+    async def compact(
+        self,
+        name: str,
+        strategy: str,
+        options: dict[str, str],
+        sort_order: str | None,
+        where: str | None,
+        dry_run: bool,
+    ) -> OperationResult:
+        def run(table: Table) -> tuple[dict[str, Any], int | None]:
+            result = compaction.compact(table, strategy, options, sort_order, where, dry_run)
+            return result.details, result.snapshot_id
+
+        return await self.on_table("compact", name, run)
+
+    async def expire(
+        self, name: str, retain_last: int, older_than: str | None, snapshot_ids: list[int], dry_run: bool
+    ) -> OperationResult:
+        moment = parse_moment(older_than)
+
+        def run(table: Table) -> dict[str, Any]:
+            result = maintenance.expire_snapshots(table, moment, retain_last, snapshot_ids, dry_run)
+            return result.details
+
+        return await self.on_table("expire", name, run)
+
+    async def remove_orphans(
+        self, name: str, dry_run: bool, older_than: str | None, location: str | None
+    ) -> OperationResult:
+        moment = parse_moment(older_than)
+        floor_hours = float(self.catalogs.config.setting("orphans.min-age-hours", "1"))
+
+        def run(table: Table) -> dict[str, Any]:
+            result = maintenance.remove_orphan_files(
+                table, moment, location, dry_run, min_age=timedelta(hours=floor_hours)
+            )
+            return result.details
+
+        return await self.on_table("remove_orphans", name, run)
+
     # ---- configuration
 
     async def get_config(self) -> StoredConfig:
@@ -164,6 +220,17 @@ class Lakehouse:
         stored = await self.store.store(config, replaces)
         self.catalogs.replace(config, catalog)
         return stored, True
+
+
+def parse_moment(text: str | None) -> datetime | None:
+    """An ISO-8601 instant (naive means UTC); None or empty means the operation's default."""
+    if not text:
+        return None
+    try:
+        moment = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
+    except ValueError:
+        raise InvalidArgument(f"older_than {text!r} is not an ISO-8601 timestamp") from None
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
 def _describe(table: Table, name: str) -> TableSchema:

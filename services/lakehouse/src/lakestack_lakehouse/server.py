@@ -8,9 +8,12 @@ concurrent change ABORTED), mapped in one place (lakestack_common.errors); succe
 from __future__ import annotations
 
 import json
+from collections.abc import AsyncIterator
 
 from grpc import aio
 
+from lakestack_lakehouse.agent import AgentRequest, AgentResponse, ToolCallRecord
+from lakestack_lakehouse.agent_tools import AgentProvider
 from lakestack_lakehouse.core import Lakehouse, OperationResult
 from lakestack_lakehouse.schema import Column
 from lakestack_protos.lakehouse import lakehouse_pb2 as pb
@@ -76,6 +79,41 @@ class CatalogHandlers(rpc.CatalogServiceServicer):
 class OperationsHandlers(rpc.OperationsServiceServicer):
     def __init__(self, lakehouse: Lakehouse) -> None:
         self._lakehouse = lakehouse
+
+    async def Compact(self, request: pb.CompactRequest, context: aio.ServicerContext) -> pb.OperationResponse:
+        return operation_pb(
+            await self._lakehouse.compact(
+                request.table,
+                request.strategy,
+                dict(request.options),
+                request.sort_order if request.HasField("sort_order") else None,
+                request.where if request.HasField("where") else None,
+                request.dry_run,
+            )
+        )
+
+    async def Expire(self, request: pb.ExpireRequest, context: aio.ServicerContext) -> pb.OperationResponse:
+        return operation_pb(
+            await self._lakehouse.expire(
+                request.table,
+                request.retain_last,
+                request.older_than if request.HasField("older_than") else None,
+                list(request.snapshot_ids),
+                request.dry_run,
+            )
+        )
+
+    async def RemoveOrphans(
+        self, request: pb.RemoveOrphansRequest, context: aio.ServicerContext
+    ) -> pb.OperationResponse:
+        return operation_pb(
+            await self._lakehouse.remove_orphans(
+                request.table,
+                request.dry_run,
+                request.older_than if request.HasField("older_than") else None,
+                request.location if request.HasField("location") else None,
+            )
+        )
 
     async def AddColumn(
         self, request: pb.AddColumnRequest, context: aio.ServicerContext
@@ -148,12 +186,97 @@ class HealthHandlers(rpc.HealthServiceServicer):
     def __init__(self, lakehouse: Lakehouse) -> None:
         self._lakehouse = lakehouse
 
+    async def GetTableHealth(
+        self, request: pb.GetTableHealthRequest, context: aio.ServicerContext
+    ) -> pb.TableHealthResponse:
+        target = request.target_file_size_bytes if request.HasField("target_file_size_bytes") else None
+        small = request.small_file_threshold_bytes if request.HasField("small_file_threshold_bytes") else None
+        table, report = await self._lakehouse.health(request.table_name, target, small)
+        return pb.TableHealthResponse(
+            success=True,
+            table=table,
+            snapshot_count=report.snapshot_count,
+            data_file_count=report.data_file_count,
+            total_size_bytes=report.total_size_bytes,
+            avg_file_size_bytes=report.avg_file_size_bytes,
+            small_file_count=report.small_file_count,
+            recommendation=report.recommendation,
+            delete_file_count=report.delete_file_count,
+            manifest_count=report.manifest_count,
+            small_file_threshold_bytes=report.small_file_threshold_bytes,
+            target_file_size_bytes=report.target_file_size_bytes,
+            total_records=report.total_records,
+            current_snapshot_id=report.current_snapshot_id,
+            current_snapshot_timestamp_ms=report.current_snapshot_timestamp_ms,
+            oldest_snapshot_timestamp_ms=report.oldest_snapshot_timestamp_ms,
+            needs_maintenance=report.needs_maintenance,
+            issues=[
+                pb.HealthIssue(code=i.code, severity=i.severity, message=i.message) for i in report.issues
+            ],
+        )
+
 
 class StreamingHandlers(rpc.StreamingServiceServicer):
     def __init__(self, lakehouse: Lakehouse) -> None:
         self._lakehouse = lakehouse
 
 
+def _agent_request(request: pb.ChatRequest) -> AgentRequest:
+    return AgentRequest(
+        prompt=request.prompt,
+        provider=request.provider,
+        model=request.model,
+        api_base=request.api_base if request.HasField("api_base") else None,
+        session_id=request.session_id,
+        dry_run=request.dry_run,
+        allowed_tools=tuple(request.allowed_tools),
+        max_steps=request.max_steps,
+    )
+
+
+def _tool_call_pb(call: ToolCallRecord) -> pb.ToolCall:
+    return pb.ToolCall(
+        id=call.id,
+        name=call.name,
+        arguments_json=call.arguments_json,
+        result_json=call.result_json,
+        success=call.success,
+        error=call.error,
+        duration_ms=call.duration_ms,
+        skipped=call.skipped,
+    )
+
+
+def _chat_response_pb(response: AgentResponse) -> pb.ChatResponse:
+    return pb.ChatResponse(
+        success=response.success,
+        text=response.text,
+        tool_calls=[_tool_call_pb(c) for c in response.tool_calls],
+        error=response.error,
+        session_id=response.session_id,
+        provider=response.provider,
+        model=response.model,
+        prompt_tokens=response.prompt_tokens,
+        completion_tokens=response.completion_tokens,
+    )
+
+
 class AgentHandlers(rpc.AgentServiceServicer):
-    def __init__(self, lakehouse: Lakehouse) -> None:
-        self._lakehouse = lakehouse
+    def __init__(self, agents: AgentProvider) -> None:
+        self._agents = agents
+
+    async def Chat(self, request: pb.ChatRequest, context: aio.ServicerContext) -> pb.ChatResponse:
+        return _chat_response_pb(await self._agents.agent().chat(_agent_request(request)))
+
+    async def ChatStream(
+        self, request: pb.ChatRequest, context: aio.ServicerContext
+    ) -> AsyncIterator[pb.ChatStreamEvent]:
+        async for event in self._agents.agent().chat_stream(_agent_request(request)):
+            yield pb.ChatStreamEvent(
+                type=event.type,
+                content=event.content,
+                tool_call=_tool_call_pb(event.tool_call) if event.tool_call else None,
+                error=event.error,
+                sequence=event.sequence,
+                response=_chat_response_pb(event.response) if event.response else None,
+            )

@@ -14,3 +14,9 @@ class LakehouseSettings(ServiceSettings):
     warehouse: str = ""  # default file://<data_dir>/warehouse
     # Threads running pyiceberg work (metadata, compaction, expiry).
     threads: int = Field(4, ge=1)
+
+    # Agent defaults (ConfigService's lakestack.agent.* properties override them).
+    agent_provider: str = "local"
+    agent_model: str = ""
+    agent_api_base: str = ""
+    agent_api_key: str = ""  # the key, or the name of an environment variable holding it

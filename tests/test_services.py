@@ -69,6 +69,7 @@ BUILT: dict[str, set[str]] = {
     "lakehouse.OperationsService": ALL,
     "lakehouse.HealthService": ALL,
     "lakehouse.AgentService": ALL,
+    "lakehouse.StreamingService": ALL,
     "com.rawlabs.protocol.das.v1.services.RegistrationService": ALL,
     "com.rawlabs.protocol.das.v1.services.TablesService": ALL,
     "com.rawlabs.protocol.das.v1.services.FunctionsService": ALL,

@@ -6,9 +6,9 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from lakestack_common.errors import FailedPrecondition
 from lakestack_lakehouse.agent import Agent, AgentConfig, SessionStore
 from lakestack_lakehouse.core import Lakehouse, OperationResult
+from lakestack_lakehouse.pipelines import PipelineSpec
 
 JsonDict = dict[str, Any]
 
@@ -62,13 +62,17 @@ class ServiceTools:
         return _operation(await self._lakehouse.drop_column(table, name))
 
     async def list_pipelines(self) -> JsonDict:
-        raise FailedPrecondition("pipelines are not available on this server yet")
+        pipelines = await self._lakehouse.pipelines.list()
+        return {"success": True, "pipelines": [dataclasses.asdict(p) for p in pipelines]}
 
     async def start_pipeline(self, spec: JsonDict) -> JsonDict:
-        raise FailedPrecondition("pipelines are not available on this server yet")
+        known = {k: v for k, v in spec.items() if k in PipelineSpec.__dataclass_fields__}
+        status = await self._lakehouse.pipelines.start(PipelineSpec(**known))
+        return {"success": True, **dataclasses.asdict(status)}
 
     async def stop_pipeline(self, pipeline_id: str) -> JsonDict:
-        raise FailedPrecondition("pipelines are not available on this server yet")
+        status = await self._lakehouse.pipelines.stop(pipeline_id)
+        return {"success": True, **dataclasses.asdict(status)}
 
 
 class AgentProvider:

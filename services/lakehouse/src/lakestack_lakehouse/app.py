@@ -6,6 +6,7 @@ from pathlib import Path
 
 from lakestack_common.entrypoint import run_service
 from lakestack_common.server import Service, Servicer
+from lakestack_common.topology import STREAMS
 from lakestack_lakehouse import server as handlers
 from lakestack_lakehouse.agent import AgentConfig
 from lakestack_lakehouse.agent_tools import AgentProvider
@@ -27,6 +28,7 @@ class LakehouseService(Service):
                 data_dir=data_dir,
                 default_catalog=default_config(data_dir, settings.catalog_uri, settings.warehouse),
                 threads=settings.threads,
+                streams_address=settings.streams_address or STREAMS.address(),
             )
         )
 
@@ -46,8 +48,7 @@ class LakehouseService(Service):
             "CatalogService": handlers.CatalogHandlers(lakehouse),
             "HealthService": handlers.HealthHandlers(lakehouse),
             "OperationsService": handlers.OperationsHandlers(lakehouse),
-            # unbuilt RPCs: UNIMPLEMENTED
-            "StreamingService": handlers.StreamingHandlers(lakehouse),  # type: ignore[abstract]
+            "StreamingService": handlers.StreamingHandlers(lakehouse.pipelines),
             "AgentService": handlers.AgentHandlers(self.agents),
             "ConfigService": handlers.ConfigHandlers(lakehouse),
         }

@@ -15,6 +15,7 @@ import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import pyarrow as pa
 from pyiceberg.catalog import Catalog, load_catalog
 from pyiceberg.exceptions import NoSuchNamespaceError, NoSuchTableError
 from pyiceberg.table import Table
@@ -111,6 +112,13 @@ class Catalogs:
             return self.catalog().load_table(identifier)
         except (NoSuchTableError, NoSuchNamespaceError):
             raise NotFound(f"table {self.display_name(identifier)} does not exist") from None
+
+    def create_table(self, name: str, schema: pa.Schema) -> Table:
+        """A new table (its namespace created if needed), for pipelines that create their sink."""
+        identifier = self.identifier(name)
+        catalog = self.catalog()
+        catalog.create_namespace_if_not_exists(identifier[:-1])
+        return catalog.create_table(identifier, schema=schema)
 
     def list_tables(self, namespace: str = "") -> tuple[list[str], list[str]]:
         """(namespaces, tables) under ``namespace`` (all when empty), nested namespaces included."""

@@ -27,6 +27,7 @@ from lakestack_lakehouse import schema as schema_ops
 from lakestack_lakehouse.catalog import CatalogConfig, Catalogs, open_catalog
 from lakestack_lakehouse.config_store import ConfigStore, StoredConfig
 from lakestack_lakehouse.health import HealthReport
+from lakestack_lakehouse.pipelines import PipelineManager
 from lakestack_lakehouse.schema import Column
 
 T = TypeVar("T")
@@ -37,6 +38,7 @@ class LakehouseConfig:
     data_dir: Path
     default_catalog: CatalogConfig
     threads: int = 4
+    streams_address: str = ""
 
 
 @dataclass
@@ -76,6 +78,13 @@ class Lakehouse:
         self.store = ConfigStore(self.config.data_dir / "lakehouse.db", self.config.default_catalog)
         self._pool = ThreadPoolExecutor(self.config.threads, thread_name_prefix="lakehouse")
         self._locks = collections.defaultdict(asyncio.Lock)
+        self.pipelines = PipelineManager(
+            self.config.data_dir / "pipelines.db",
+            self.catalogs.load_table,
+            self.catalogs.create_table,
+            self.config.streams_address,
+            self._pool,
+        )
 
     async def open(self) -> None:
         self.config.data_dir.mkdir(parents=True, exist_ok=True)
@@ -83,8 +92,10 @@ class Lakehouse:
         stored = await self.store.current()
         self.catalogs.replace(stored.config)
         await self.run(self.catalogs.catalog)  # fail fast on a broken configuration
+        await self.pipelines.open()
 
     async def close(self) -> None:
+        await self.pipelines.close()
         await self.store.close()
         self._pool.shutdown(wait=False, cancel_futures=True)
 

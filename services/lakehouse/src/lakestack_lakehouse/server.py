@@ -7,6 +7,7 @@ concurrent change ABORTED), mapped in one place (lakestack_common.errors); succe
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import AsyncIterator
 
@@ -15,6 +16,7 @@ from grpc import aio
 from lakestack_lakehouse.agent import AgentRequest, AgentResponse, ToolCallRecord
 from lakestack_lakehouse.agent_tools import AgentProvider
 from lakestack_lakehouse.core import Lakehouse, OperationResult
+from lakestack_lakehouse.pipelines import PipelineManager, PipelineSpec, PipelineStatus
 from lakestack_lakehouse.schema import Column
 from lakestack_protos.lakehouse import lakehouse_pb2 as pb
 from lakestack_protos.lakehouse import lakehouse_pb2_grpc as rpc
@@ -216,9 +218,88 @@ class HealthHandlers(rpc.HealthServiceServicer):
         )
 
 
+def _spec(request: pb.StartPipelineRequest) -> PipelineSpec:
+    return PipelineSpec(
+        source_table=request.source_table,
+        sink_table=request.sink_table,
+        checkpoint_location=request.checkpoint_location,
+        trigger_interval=request.trigger_interval,
+        source_stream=request.source_stream,
+        source_subject=request.source_subject,
+        consumer=request.consumer,
+        format=request.format,
+        batch_size=request.batch_size,
+        options=dict(request.options),
+        name=request.name,
+        mode=request.mode,
+        key_columns=list(request.key_columns),
+        create_sink=request.create_sink,
+        start_position=request.start_position,
+    )
+
+
+def _status_pb(status: PipelineStatus) -> pb.PipelineStatusResponse:
+    spec = status.spec
+    return pb.PipelineStatusResponse(
+        success=True,
+        pipeline_id=status.pipeline_id,
+        name=status.name,
+        status=status.status,
+        source=status.source,
+        sink=status.sink,
+        rows_processed=status.rows_processed,
+        batches_processed=status.batches_processed,
+        bytes_processed=status.bytes_processed,
+        started_at_ms=status.started_at_ms,
+        last_batch_at_ms=status.last_batch_at_ms,
+        stopped_at_ms=status.stopped_at_ms,
+        error=status.error,
+        last_committed_snapshot_id=status.last_committed_snapshot_id,
+        lag=status.lag,
+        spec=pb.StartPipelineRequest(**dataclasses.asdict(spec)),
+    )
+
+
 class StreamingHandlers(rpc.StreamingServiceServicer):
-    def __init__(self, lakehouse: Lakehouse) -> None:
-        self._lakehouse = lakehouse
+    def __init__(self, pipelines: PipelineManager) -> None:
+        self._pipelines = pipelines
+
+    async def StartPipeline(
+        self, request: pb.StartPipelineRequest, context: aio.ServicerContext
+    ) -> pb.PipelineStatusResponse:
+        return _status_pb(await self._pipelines.start(_spec(request)))
+
+    async def StopPipeline(
+        self, request: pb.StopPipelineRequest, context: aio.ServicerContext
+    ) -> pb.StopPipelineResponse:
+        status = await self._pipelines.stop(request.pipeline_id, request.force, request.timeout_ms)
+        return pb.StopPipelineResponse(
+            success=True,
+            pipeline_id=status.pipeline_id,
+            status=status.status,
+            error=status.error,
+            rows_processed=status.rows_processed,
+            last_committed_snapshot_id=status.last_committed_snapshot_id,
+        )
+
+    async def GetPipelineStatus(
+        self, request: pb.GetPipelineStatusRequest, context: aio.ServicerContext
+    ) -> pb.PipelineStatusResponse:
+        return _status_pb(await self._pipelines.status(request.pipeline_id))
+
+    async def ListPipelines(
+        self, request: pb.ListPipelinesRequest, context: aio.ServicerContext
+    ) -> pb.ListPipelinesResponse:
+        pipelines = await self._pipelines.list(request.status)
+        return pb.ListPipelinesResponse(success=True, pipelines=[_status_pb(p) for p in pipelines])
+
+    async def MonitorMetrics(
+        self, request: pb.MonitorMetricsRequest, context: aio.ServicerContext
+    ) -> AsyncIterator[pb.PipelineMetrics]:
+        async for sample in self._pipelines.monitor(
+            list(request.pipeline_ids), request.interval_ms, request.once
+        ):
+            yield pb.PipelineMetrics(**dataclasses.asdict(sample))
 
 
 def _agent_request(request: pb.ChatRequest) -> AgentRequest:

@@ -15,6 +15,9 @@ class LakehouseSettings(ServiceSettings):
     # Threads running pyiceberg work (metadata, compaction, expiry).
     threads: int = Field(4, ge=1)
 
+    # The streams service pipelines read from (default: LAKESTACK_STREAMS_ADDRESS or localhost).
+    streams_address: str = ""
+
     # Agent defaults (ConfigService's lakestack.agent.* properties override them).
     agent_provider: str = "local"
     agent_model: str = ""

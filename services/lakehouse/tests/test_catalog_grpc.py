@@ -166,7 +166,7 @@ async def test_config_is_masked_validated_versioned_and_persisted(
     assert config.version == 0 and config.uri.startswith("sqlite:///")
     stored = await client.config.SetConfig(
         pb.SetConfigRequest(
-            props={"lakestack.agent.api-key": "sk-123", "lakestack.health.min-small-files": "5"},
+            props={"lakestack.agent.api-key": "sk-123", "lakestack.health.target-file-size-bytes": "1048576"},
             merge_props=True,
             expected_version=0,
         )
@@ -187,9 +187,12 @@ async def test_config_is_masked_validated_versioned_and_persisted(
     code = await status_of(client.config.SetConfig(broken))
     assert code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.INTERNAL)
     assert (await client.config.GetConfig(pb.GetConfigRequest())).version == 2
-    assert await status_of(client.config.SetConfig(pb.SetConfigRequest(catalog_type="oracle"))) == (
-        grpc.StatusCode.INVALID_ARGUMENT
-    )
+    for bad in (
+        pb.SetConfigRequest(catalog_type="oracle"),
+        pb.SetConfigRequest(props={"lakestack.health.target-file-size-bytes": "big"}, merge_props=True),
+        pb.SetConfigRequest(props={"lakestack.nonsense": "1"}, merge_props=True),
+    ):
+        assert await status_of(client.config.SetConfig(bad)) == grpc.StatusCode.INVALID_ARGUMENT
     # validate_only checks without storing.
     checked = await client.config.SetConfig(pb.SetConfigRequest(validate_only=True))
     assert checked.success and not checked.applied
@@ -198,5 +201,5 @@ async def test_config_is_masked_validated_versioned_and_persisted(
     async with running(LakehouseService(LakehouseSettings(data_dir=tmp_path / "lakehouse"))) as server:
         other = LakehouseClient(channel_to(server))
         after = await other.config.GetConfig(pb.GetConfigRequest())
-        assert after.version == 2 and after.props["lakestack.health.min-small-files"] == "5"
+        assert after.version == 2 and after.props["lakestack.health.target-file-size-bytes"] == "1048576"
         await other.close()

@@ -169,3 +169,18 @@ async def test_the_agent_through_an_openai_compatible_server(
     assert json.loads(tool.result_json)["small_file_count"] == APPENDS
     assert llm.requests[0].body["model"] == "gpt-test"
     assert any(m["role"] == "tool" for m in llm.requests[1].body["messages"])
+
+
+async def test_health_thresholds_come_from_the_configuration(client: LakehouseClient) -> None:
+    before = await client.health.GetTableHealth(pb.GetTableHealthRequest(table_name="db.events"))
+    assert before.target_file_size_bytes == 512 * 1024 * 1024 and before.small_file_count == APPENDS
+    await client.config.SetConfig(
+        pb.SetConfigRequest(props={"lakestack.health.target-file-size-bytes": "100"}, merge_props=True)
+    )
+    after = await client.health.GetTableHealth(pb.GetTableHealthRequest(table_name="db.events"))
+    assert after.target_file_size_bytes == 100 and after.small_file_count == 0
+    # The request still wins over the configuration.
+    explicit = await client.health.GetTableHealth(
+        pb.GetTableHealthRequest(table_name="db.events", target_file_size_bytes=10**9)
+    )
+    assert explicit.small_file_count == APPENDS

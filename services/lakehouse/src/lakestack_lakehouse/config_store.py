@@ -23,6 +23,17 @@ from lakestack_lakehouse.catalog import CatalogConfig
 MASK = "****"
 _SECRET_WORDS = ("secret", "password", "token", "credential", "key")
 _URI_PASSWORD = re.compile(r"^(?P<head>[a-zA-Z][\w+.-]*://[^:/@]*:)(?P<password>[^@]*)(?P<tail>@.*)$")
+# The service's own settings, kept in props under "lakestack." and checked on SetConfig.
+SERVICE_SETTINGS: dict[str, str] = {
+    "health.target-file-size-bytes": "positive int",
+    "health.small-file-threshold-bytes": "positive int",
+    "orphans.min-age-hours": "non-negative number",
+    "agent.provider": "text",
+    "agent.model": "text",
+    "agent.api-base": "text",
+    "agent.api-key": "text",
+    "agent.max-steps": "positive int",
+}
 CATALOG_TYPES = (
     "sql",
     "rest",
@@ -71,6 +82,28 @@ class StoredConfig:
         masked_keys = sorted(k for k in self.config.props if is_secret(k))
         props = {k: (MASK if k in masked_keys else v) for k, v in self.config.props.items()}
         return replace(self.config, uri=mask_uri(self.config.uri), props=props), masked_keys
+
+
+def _check_service_settings(props: dict[str, str]) -> None:
+    for key, value in props.items():
+        if not key.startswith("lakestack."):
+            continue
+        name = key.removeprefix("lakestack.")
+        kind = SERVICE_SETTINGS.get(name)
+        if kind is None:
+            known = ", ".join("lakestack." + k for k in SERVICE_SETTINGS)
+            raise InvalidArgument(f"unknown setting {key!r} (known: {known})")
+        try:
+            number = float(value) if kind != "text" else 0.0
+        except ValueError:
+            number = -1.0
+        valid = (
+            kind == "text"
+            or (kind == "positive int" and value.isdigit() and int(value) > 0)
+            or (kind == "non-negative number" and number >= 0)
+        )
+        if not valid:
+            raise InvalidArgument(f"setting {key!r} must be a {kind}, not {value!r}")
 
 
 class ConfigStore:
@@ -128,6 +161,7 @@ class ConfigStore:
                 merged[key] = stored.props[key]
             else:
                 merged[key] = value
+        _check_service_settings(merged)
         if MASK in uri:
             uri = stored.uri
         config = CatalogConfig(

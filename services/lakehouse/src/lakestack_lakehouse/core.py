@@ -159,9 +159,10 @@ class Lakehouse:
         self, name: str, target_file_size_bytes: int | None, small_file_threshold_bytes: int | None
     ) -> tuple[str, HealthReport]:
         table = await self.load_table(name)
-        report = await self.run(
-            health_ops.table_health, table, target_file_size_bytes, small_file_threshold_bytes
-        )
+        config = self.catalogs.config
+        target = target_file_size_bytes or _int_setting(config, "health.target-file-size-bytes")
+        small = small_file_threshold_bytes or _int_setting(config, "health.small-file-threshold-bytes")
+        report = await self.run(health_ops.table_health, table, target, small)
         return self.table_key(name), report
 
     async def compact(
@@ -231,6 +232,11 @@ class Lakehouse:
         stored = await self.store.store(config, replaces)
         self.catalogs.replace(config, catalog)
         return stored, True
+
+
+def _int_setting(config: CatalogConfig, key: str) -> int | None:
+    value = config.setting(key)
+    return int(value) if value else None
 
 
 def parse_moment(text: str | None) -> datetime | None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import re
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import aiosqlite
@@ -70,6 +70,19 @@ def is_secret(key: str) -> bool:
 def mask_uri(uri: str) -> str:
     match = _URI_PASSWORD.match(uri)
     return f"{match['head']}{MASK}{match['tail']}" if match else uri
+
+
+@dataclass(frozen=True)
+class ConfigChange:
+    """What a SetConfig asks for; empty fields keep the stored values."""
+
+    catalog_type: str = ""
+    catalog_name: str = ""
+    uri: str = ""
+    warehouse: str = ""
+    props: dict[str, str] = field(default_factory=dict)
+    merge_props: bool = False
+    expected_version: int | None = None
 
 
 @dataclass(frozen=True)
@@ -132,29 +145,21 @@ class ConfigStore:
         config = CatalogConfig(row[1], row[2], row[3], row[4], json.loads(row[5]))
         return StoredConfig(config, row[0], row[6])
 
-    async def proposed(
-        self,
-        catalog_type: str,
-        catalog_name: str,
-        uri: str,
-        warehouse: str,
-        props: dict[str, str],
-        merge_props: bool,
-        expected_version: int | None,
-    ) -> tuple[CatalogConfig, int]:
+    async def proposed(self, change: ConfigChange) -> tuple[CatalogConfig, int]:
         """The configuration a SetConfig asks for (masks resolved against the stored one) and
         the version it replaces. Empty fields keep the current value."""
         current = await self.current()
-        if expected_version is not None and expected_version != current.version:
-            raise Conflict(f"configuration is at version {current.version}, not {expected_version}")
+        expected = change.expected_version
+        if expected is not None and expected != current.version:
+            raise Conflict(f"configuration is at version {current.version}, not {expected}")
         stored = current.config
-        catalog_type = catalog_type or stored.catalog_type
+        catalog_type = change.catalog_type or stored.catalog_type
         if catalog_type not in CATALOG_TYPES:
             raise InvalidArgument(
                 f"catalog_type {catalog_type!r}: expected one of {', '.join(CATALOG_TYPES)}"
             )
-        merged = dict(stored.props) if merge_props else {}
-        for key, value in props.items():
+        merged = dict(stored.props) if change.merge_props else {}
+        for key, value in change.props.items():
             if value == MASK:
                 if key not in stored.props:
                     raise InvalidArgument(f"property {key!r} is {MASK} but has no stored value to keep")
@@ -162,13 +167,12 @@ class ConfigStore:
             else:
                 merged[key] = value
         _check_service_settings(merged)
-        if MASK in uri:
-            uri = stored.uri
+        uri = stored.uri if MASK in change.uri else change.uri
         config = CatalogConfig(
             catalog_type=catalog_type,
-            catalog_name=catalog_name or stored.catalog_name,
+            catalog_name=change.catalog_name or stored.catalog_name,
             uri=uri or stored.uri,
-            warehouse=warehouse or stored.warehouse,
+            warehouse=change.warehouse or stored.warehouse,
             props=merged,
         )
         return config, current.version

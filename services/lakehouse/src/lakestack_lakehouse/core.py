@@ -25,7 +25,7 @@ from lakestack_lakehouse import compaction, maintenance
 from lakestack_lakehouse import health as health_ops
 from lakestack_lakehouse import schema as schema_ops
 from lakestack_lakehouse.catalog import CatalogConfig, Catalogs, open_catalog
-from lakestack_lakehouse.config_store import ConfigStore, StoredConfig
+from lakestack_lakehouse.config_store import ConfigChange, ConfigStore, StoredConfig
 from lakestack_lakehouse.health import HealthReport
 from lakestack_lakehouse.pipelines import PipelineManager
 from lakestack_lakehouse.schema import Column
@@ -210,21 +210,9 @@ class Lakehouse:
     async def get_config(self) -> StoredConfig:
         return await self.store.current()
 
-    async def set_config(
-        self,
-        catalog_type: str,
-        catalog_name: str,
-        uri: str,
-        warehouse: str,
-        props: dict[str, str],
-        merge_props: bool,
-        validate_only: bool,
-        expected_version: int | None,
-    ) -> tuple[StoredConfig, bool]:
+    async def set_config(self, change: ConfigChange, validate_only: bool) -> tuple[StoredConfig, bool]:
         """Validate (connect and list namespaces), then store and apply unless ``validate_only``."""
-        config, replaces = await self.store.proposed(
-            catalog_type, catalog_name, uri, warehouse, props, merge_props, expected_version
-        )
+        config, replaces = await self.store.proposed(change)
         catalog = await self.run(open_catalog, config)
         await self.run(catalog.list_namespaces)
         if validate_only:

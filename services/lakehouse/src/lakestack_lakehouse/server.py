@@ -15,6 +15,7 @@ from grpc import aio
 
 from lakestack_lakehouse.agent import AgentRequest, AgentResponse, ToolCallRecord
 from lakestack_lakehouse.agent_tools import AgentProvider
+from lakestack_lakehouse.config_store import ConfigChange, StoredConfig
 from lakestack_lakehouse.core import Lakehouse, OperationResult
 from lakestack_lakehouse.pipelines import PipelineManager, PipelineSpec, PipelineStatus
 from lakestack_lakehouse.schema import Column
@@ -146,10 +147,7 @@ class ConfigHandlers(rpc.ConfigServiceServicer):
         self._lakehouse = lakehouse
 
     @staticmethod
-    def _config_pb(stored: object) -> pb.ConfigResponse:
-        from lakestack_lakehouse.config_store import StoredConfig
-
-        assert isinstance(stored, StoredConfig)
+    def _config_pb(stored: StoredConfig) -> pb.ConfigResponse:
         config, masked_keys = stored.masked()
         return pb.ConfigResponse(
             success=True,
@@ -171,16 +169,16 @@ class ConfigHandlers(rpc.ConfigServiceServicer):
     async def SetConfig(
         self, request: pb.SetConfigRequest, context: aio.ServicerContext
     ) -> pb.SetConfigResponse:
-        stored, applied = await self._lakehouse.set_config(
-            request.catalog_type,
-            request.catalog_name,
-            request.uri,
-            request.warehouse,
-            dict(request.props),
-            request.merge_props,
-            request.validate_only,
-            request.expected_version if request.HasField("expected_version") else None,
+        change = ConfigChange(
+            catalog_type=request.catalog_type,
+            catalog_name=request.catalog_name,
+            uri=request.uri,
+            warehouse=request.warehouse,
+            props=dict(request.props),
+            merge_props=request.merge_props,
+            expected_version=request.expected_version if request.HasField("expected_version") else None,
         )
+        stored, applied = await self._lakehouse.set_config(change, request.validate_only)
         return pb.SetConfigResponse(success=True, applied=applied, config=self._config_pb(stored))
 
 

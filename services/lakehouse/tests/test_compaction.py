@@ -908,3 +908,30 @@ def test_evolved_schemas_are_read_by_field_id(catalog: SqlCatalog) -> None:
     assert after.column_names == ["id", "label", "category", "x", "extra"]
     assert after.equals(before.select(after.column_names))
     assert after.column("extra").to_pylist()[:200] == [None] * 200
+
+
+def test_files_without_field_ids_are_read_directly_through_the_name_mapping(
+    catalog: SqlCatalog, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Files another engine wrote (no Parquet field ids), registered with add_files."""
+    table = catalog.create_table("db.imported", schema=SCHEMA)
+    paths = []
+    for n in range(6):
+        path = tmp_path / f"imported-{n}.parquet"
+        pq.write_table(batch(n * 40, 40).cast(ARROW_SCHEMA.remove_metadata()), path)
+        paths.append(str(path))
+    table.add_files(paths)
+    table = catalog.load_table("db.imported")
+    before = rows(table)
+    used: list[bool] = []
+    read_plain = compaction._read_plain_files
+
+    def spy(*args: Any) -> pa.Table | None:
+        result = read_plain(*args)
+        used.append(result is not None)
+        return result
+
+    monkeypatch.setattr(compaction, "_read_plain_files", spy)
+    compact(table, "binpack", {})
+    assert used == [True]
+    assert rows(catalog.load_table("db.imported")).equals(before)

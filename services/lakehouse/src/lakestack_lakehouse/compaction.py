@@ -799,10 +799,17 @@ def _read_plain_files(table: Table, group: _Group) -> pa.Table | None:
     dataset = ds.dataset(
         [path for _, _, path in located], format="parquet", filesystem=io.fs_by_scheme(scheme, netloc)
     )
-    wanted = [(f.name, _disk_type(f.type), (f.metadata or {}).get(b"PARQUET:field_id")) for f in expected]
+    # Files without field ids (registered with add_files) are read by the table's name mapping.
+    mapping = table.metadata.name_mapping()
+    mapped_ids = {name: f.field_id for f in (mapping or []) for name in f.names}
+
+    def field_id(f: pa.Field) -> int | None:
+        raw = (f.metadata or {}).get(b"PARQUET:field_id")
+        return int(raw) if raw is not None else mapped_ids.get(f.name)
+
+    wanted = [(f.name, _disk_type(f.type), field_id(f)) for f in expected]
     for fragment in dataset.get_fragments():
-        physical = fragment.physical_schema
-        found = [(f.name, _disk_type(f.type), (f.metadata or {}).get(b"PARQUET:field_id")) for f in physical]
+        found = [(f.name, _disk_type(f.type), field_id(f)) for f in fragment.physical_schema]
         if found != wanted:
             return None
     return dataset.to_table()

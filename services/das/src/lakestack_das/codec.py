@@ -23,7 +23,7 @@ import numpy as np
 import pyarrow as pa
 
 from lakestack_common.errors import InvalidArgument
-from lakestack_das.sources.base import Batch, ColumnDef, TableDef
+from lakestack_das.sources.base import Batch, ColumnDef, FunctionDef, TableDef
 from lakestack_protos.com.rawlabs.protocol.das.v1.tables import tables_pb2
 from lakestack_protos.com.rawlabs.protocol.das.v1.types import types_pb2, values_pb2
 
@@ -330,6 +330,29 @@ def coerce(value: Any, das_type: types_pb2.Type) -> Any:
     raise InvalidArgument(f"a {type(value).__name__} value ({value!r}) where a {kind} is expected")
 
 
+def bind_arguments(function: FunctionDef, args: Mapping[str, Any]) -> dict[str, Any]:
+    """A function's named arguments coerced to its parameter types, defaults filled in; unknown,
+    missing and NULL-for-non-nullable arguments are INVALID_ARGUMENT."""
+    params = {p.name: p for p in function.params}
+    unknown = sorted(set(args) - set(params))
+    if unknown:
+        raise InvalidArgument(f"function {function.name} has no parameter {', '.join(unknown)}")
+    bound: dict[str, Any] = {}
+    for param in function.params:
+        if param.name in args:
+            value = coerce(args[param.name], param.type)
+        elif param.has_default:
+            value = param.default
+        else:
+            raise InvalidArgument(
+                f"missing argument: function {function.name} needs the argument {param.name}"
+            )
+        if value is None and not is_nullable(param.type):
+            raise InvalidArgument(f"function {function.name}: argument {param.name!r} must not be null")
+        bound[param.name] = value
+    return bound
+
+
 def _to_naive_utc(value: dt.datetime) -> dt.datetime:
     return value.astimezone(dt.UTC).replace(tzinfo=None)
 
@@ -529,9 +552,11 @@ def _record_encoder(das_type: types_pb2.Type) -> Callable[[Any], bytes]:
             for a in das_type.record.atts]  # fmt: skip
 
     def encode(v: Any) -> bytes:
-        if isinstance(v, tuple):  # an Arrow map entry, (key, value): a record {key, value}
-            v = dict(zip([a[0] for a in atts], v, strict=False))
-        if atts:
+        if isinstance(v, tuple):  # an Arrow map entry (key, value): a record {key, value} by position
+            parts = (
+                _record_att(name_bytes, enc(x)) for (_, name_bytes, enc), x in zip(atts, v, strict=False)
+            )
+        elif atts:
             parts = (_record_att(name_bytes, enc(v.get(name))) for name, name_bytes, enc in atts)
         else:  # open record: every field, types inferred
             parts = (

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from lakestack_common.errors import Internal, InvalidArgument, LakestackError
-from lakestack_das.codec import RowEncoder, coerce, kind_of
+from lakestack_das.codec import RowEncoder, bind_arguments, coerce, kind_of
 from lakestack_das.query import Query, SortKey
 from lakestack_das.registry import Registry, make_run_blocking
 from lakestack_das.sources.base import DataSource, FunctionDef, Row, SourceContext, SourceTypes, Table
@@ -159,23 +159,6 @@ class Das:
             raise InvalidArgument(f"Function {name} not found")
         bound = bind_arguments(function, args)
         return await self.run(source.execute_function, name, bound), function
-
-
-def bind_arguments(function: FunctionDef, args: Mapping[str, Any]) -> dict[str, Any]:
-    """Named arguments coerced to the parameter types, defaults filled in."""
-    params = {p.name: p for p in function.params}
-    unknown = sorted(set(args) - set(params))
-    if unknown:
-        raise InvalidArgument(f"function {function.name} has no parameter {', '.join(unknown)}")
-    bound: dict[str, Any] = {}
-    for param in function.params:
-        if param.name in args:
-            bound[param.name] = coerce(args[param.name], param.type)
-        elif param.has_default:
-            bound[param.name] = param.default
-        else:
-            raise InvalidArgument(f"function {function.name} needs the argument {param.name}")
-    return bound
 
 
 # Collations under which text sorts by code point, as our sources sort it.

@@ -41,7 +41,15 @@ from decimal import Decimal
 from typing import Any, ClassVar
 
 from lakestack_common.errors import Internal, InvalidArgument
-from lakestack_das.codec import Interval, any_type, coerce, is_nullable, list_of, record, scalar
+from lakestack_das.codec import (
+    Interval,
+    any_type,
+    bind_arguments,
+    coerce,
+    list_of,
+    record,
+    scalar,
+)
 from lakestack_das.query import COMPARISONS, Estimate, Qual, Quantifier, Query, RowFilter, python_predicate
 from lakestack_das.sources.base import (
     Batch,
@@ -844,15 +852,4 @@ class MockSource(DataSource):
             definition, run = self._functions[name]
         except KeyError:
             raise InvalidArgument(f"Function {name} not found") from None
-        values: dict[str, Any] = {}
-        for param in definition.params:
-            if param.name in args:
-                value = coerce(args[param.name], param.type)
-            elif param.has_default:
-                value = param.default
-            else:
-                raise InvalidArgument(f"function {name}: missing argument {param.name!r}")
-            if value is None and not is_nullable(param.type):
-                raise InvalidArgument(f"function {name}: argument {param.name!r} must not be null")
-            values[param.name] = value
-        return run(values)
+        return run(bind_arguments(definition, args))

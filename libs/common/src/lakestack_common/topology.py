@@ -10,6 +10,7 @@ import contextlib
 import os
 import socket
 from dataclasses import dataclass
+from pathlib import Path
 
 
 @dataclass(frozen=True)
@@ -53,3 +54,10 @@ def free_ports(count: int, host: str = "127.0.0.1") -> list[int]:
         for sock in sockets:
             sock.bind((host, 0))
         return [int(sock.getsockname()[1]) for sock in sockets]
+
+
+def lakehouse_catalog(data_dir: Path) -> tuple[str, str]:
+    """The lakehouse service's embedded Iceberg catalog for its data dir: (SQLAlchemy URI,
+    warehouse). The lakehouse creates it; das serves it by default."""
+    data_dir = data_dir.resolve()
+    return f"sqlite:///{data_dir / 'catalog.db'}", f"file://{data_dir / 'warehouse'}"

@@ -5,7 +5,7 @@ from typing import ClassVar
 from pydantic import Field
 
 from lakestack_common.config import ServiceSettings
-from lakestack_common.topology import DAS, ServiceInfo
+from lakestack_common.topology import DAS, ServiceInfo, lakehouse_catalog
 
 
 class DasSettings(ServiceSettings):
@@ -28,15 +28,11 @@ class DasSettings(ServiceSettings):
 
     @property
     def resolved_lakehouse_catalog(self) -> tuple[str, str]:
-        lakehouse_dir = Path(os.environ.get("LAKESTACK_LAKEHOUSE_DATA_DIR", "data/lakehouse")).resolve()
-        uri = (
-            self.lakehouse_catalog_uri
-            or os.environ.get("LAKESTACK_LAKEHOUSE_CATALOG_URI")
-            or f"sqlite:///{lakehouse_dir / 'catalog.db'}"
+        default_uri, default_warehouse = lakehouse_catalog(
+            Path(os.environ.get("LAKESTACK_LAKEHOUSE_DATA_DIR", "data/lakehouse"))
         )
+        uri = self.lakehouse_catalog_uri or os.environ.get("LAKESTACK_LAKEHOUSE_CATALOG_URI") or default_uri
         warehouse = (
-            self.lakehouse_warehouse
-            or os.environ.get("LAKESTACK_LAKEHOUSE_WAREHOUSE")
-            or f"file://{lakehouse_dir / 'warehouse'}"
+            self.lakehouse_warehouse or os.environ.get("LAKESTACK_LAKEHOUSE_WAREHOUSE") or default_warehouse
         )
         return uri, warehouse

@@ -21,6 +21,7 @@ from pyiceberg.exceptions import NoSuchNamespaceError, NoSuchTableError
 from pyiceberg.table import Table
 
 from lakestack_common.errors import InvalidArgument, NotFound, Unavailable
+from lakestack_common.topology import lakehouse_catalog
 
 SERVICE_PREFIX = "lakestack."
 
@@ -48,11 +49,8 @@ class CatalogConfig:
 
 
 def default_config(data_dir: Path, catalog_uri: str = "", warehouse: str = "") -> CatalogConfig:
-    data_dir = data_dir.resolve()
-    return CatalogConfig(
-        uri=catalog_uri or f"sqlite:///{data_dir / 'catalog.db'}",
-        warehouse=warehouse or f"file://{data_dir / 'warehouse'}",
-    )
+    default_uri, default_warehouse = lakehouse_catalog(data_dir)
+    return CatalogConfig(uri=catalog_uri or default_uri, warehouse=warehouse or default_warehouse)
 
 
 def open_catalog(config: CatalogConfig) -> Catalog:

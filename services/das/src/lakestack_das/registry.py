@@ -95,9 +95,6 @@ class Registry:
             raise RuntimeError("registry is not open")
         return self._db
 
-    def ids(self) -> list[str]:
-        return list(self._registrations)
-
     async def register(self, das_type: str, options: Mapping[str, str], das_id: str | None) -> str:
         """The id of a DAS for ``(das_type, options)``: ``das_id`` if given (idempotent when its
         config is the same), otherwise the id already registered with this config, or a new one.

@@ -137,16 +137,12 @@ class ResultCache:
     max_entries: int = 10
     max_chunks: int = 5
     _entries: collections.OrderedDict[bytes, _Entry] = field(default_factory=collections.OrderedDict)
-    hits: int = 0
-    misses: int = 0
 
     def get(self, key: bytes) -> list[bytes] | None:
         entry = self._entries.get(key)
         if entry is None:
-            self.misses += 1
             return None
         self._entries.move_to_end(key)
-        self.hits += 1
         return entry.chunks
 
     def put(self, key: bytes, scope: tuple[str, str], chunks: list[bytes]) -> None:

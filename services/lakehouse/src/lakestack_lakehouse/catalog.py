@@ -101,15 +101,12 @@ class Catalogs:
             parts = parts[1:]
         return parts
 
-    def display_name(self, identifier: tuple[str, ...]) -> str:
-        return ".".join(identifier)
-
     def load_table(self, name: str) -> Table:
         identifier = self.identifier(name)
         try:
             return self.catalog().load_table(identifier)
         except (NoSuchTableError, NoSuchNamespaceError):
-            raise NotFound(f"table {self.display_name(identifier)} does not exist") from None
+            raise NotFound(f"table {'.'.join(identifier)} does not exist") from None
 
     def create_table(self, name: str, schema: pa.Schema) -> Table:
         """A new table (its namespace created if needed), for pipelines that create their sink."""

@@ -102,10 +102,6 @@ class Lakehouse:
     async def run(self, fn: Callable[..., T], *args: Any) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
 
-    @property
-    def pool(self) -> ThreadPoolExecutor:
-        return self._pool
-
     # ---- catalog
 
     async def list_tables(self, namespace: str = "") -> tuple[list[str], list[str]]:

@@ -10,6 +10,8 @@ from lakestack_protos.waymaker.streams import (
     waymaker_streams_pb2,
     waymaker_streams_pb2_grpc,
 )
+from lakestack_streams.cluster.node import ClusterNode
+from lakestack_streams.cluster.routing import COLLECTIONS_ROUTES, KV_ROUTES, STREAMS_ROUTES, Router
 from lakestack_streams.collection_stores import Collections
 from lakestack_streams.kv import KeyValue
 from lakestack_streams.objects import ObjectStore
@@ -37,29 +39,50 @@ class StreamsService(Service):
             grace_s=settings.object_gc_grace_s,
             max_unary_bytes=settings.max_message_bytes - UNARY_ENVELOPE_BYTES,
         )
+        self.cluster = ClusterNode(settings, self.registry)
 
     async def start(self) -> None:
         await self.registry.open()
+        await self.cluster.start()
         self.objects.start_gc(self.settings.object_gc_interval_s)
 
     async def stop(self) -> None:
         await self.objects.stop_gc()
+        await self.cluster.stop()
         await self.registry.close()
 
+    def _routed(self, pb2: object, service: str, handlers: object, routes: dict[str, object]) -> object:
+        """Per-stream RPCs of a clustered node go to the stream's owner."""
+        if not self.cluster.membership.clustered:
+            return handlers
+        descriptor = pb2.DESCRIPTOR.services_by_name[service]  # type: ignore[attr-defined]
+        return Router(handlers, descriptor, routes, self.cluster.membership, self.cluster.peers)  # type: ignore[arg-type]
+
     def servicers(self) -> list[Servicer]:
+        streams = StreamsHandlers(self.registry, self.cluster, self.objects)
         return [
             Servicer.of(
                 waymaker_streams_pb2,
                 waymaker_streams_pb2_grpc,
                 "WaymakerStreamsService",
-                StreamsHandlers(self.registry, self.settings.node_id, self.objects),  # type: ignore[abstract]  # unbuilt RPCs: UNIMPLEMENTED
+                self._routed(waymaker_streams_pb2, "WaymakerStreamsService", streams, STREAMS_ROUTES),
             ),
-            Servicer.of(kv_pb2, kv_pb2_grpc, "WaymakerKvService", KvHandlers(self.kv)),
+            Servicer.of(
+                kv_pb2,
+                kv_pb2_grpc,
+                "WaymakerKvService",
+                self._routed(kv_pb2, "WaymakerKvService", KvHandlers(self.kv), KV_ROUTES),
+            ),
             Servicer.of(
                 collections_pb2,
                 collections_pb2_grpc,
                 "WaymakerCollectionsService",
-                CollectionsHandlers(self.collections),
+                self._routed(
+                    collections_pb2,
+                    "WaymakerCollectionsService",
+                    CollectionsHandlers(self.collections),
+                    COLLECTIONS_ROUTES,
+                ),
             ),
         ]
 

@@ -13,7 +13,12 @@ from typing import Literal
 from lakestack_streams.store import now_ms
 
 EventType = Literal[
-    "stream_created", "stream_deleted", "stream_updated", "consumer_created", "consumer_deleted"
+    "stream_created",
+    "stream_deleted",
+    "stream_updated",
+    "consumer_created",
+    "consumer_deleted",
+    "authority_changed",
 ]
 
 
@@ -24,6 +29,9 @@ class TopologyEvent:
     consumer: str = ""
     ts_ms: int = 0
     lagged: int = 0  # events this watcher missed just before this one
+    # authority_changed: the new claimant and fence epoch (both 0 when the override was cleared).
+    claimant_node_id: int = 0
+    fence_epoch: int = 0
 
 
 class _Watcher:
@@ -49,7 +57,20 @@ class EventHub:
         self._watchers: set[_Watcher] = set()
 
     def emit(self, type: EventType, stream: str, consumer: str = "") -> None:
-        event = TopologyEvent(type, stream, consumer, now_ms())
+        self.publish(TopologyEvent(type, stream, consumer, now_ms()))
+
+    def authority_changed(self, stream: str, claimant_node_id: int, fence_epoch: int) -> None:
+        self.publish(
+            TopologyEvent(
+                "authority_changed",
+                stream,
+                ts_ms=now_ms(),
+                claimant_node_id=claimant_node_id,
+                fence_epoch=fence_epoch,
+            )
+        )
+
+    def publish(self, event: TopologyEvent) -> None:
         for watcher in self._watchers:
             watcher.offer(event)
 

@@ -128,6 +128,40 @@ class StreamRegistry:
         self.events.emit("stream_deleted", name)
         log.info("deleted stream %s", name)
 
+    async def adopt(self, path: Path) -> StreamStore:
+        """Make the stream file at ``path`` (a closed, complete stream database: a migrated copy
+        or a promoted replica) one of this node's streams. The file is moved into place (same
+        file system: an atomic rename) and opened with its messages, consumers and source
+        watermarks as they are."""
+        probe = await StreamStore.open(path)  # refuses a file that is not a stream
+        name = probe.config.name
+        await probe.close()
+        async with self._lifecycle:
+            if name in self._streams:
+                raise StreamExists(f"stream {name!r} already exists")
+            target = self.directory / f"{name}.db"
+            _remove_files(target)
+            _move_files(path, target)  # closing the probe checkpointed the WAL; move any rest along
+            store = await StreamStore.open(target)
+            self._add(store)
+            self.sources.start(store)
+        self.events.emit("stream_created", name)
+        log.info("adopted stream %s", name)
+        return store
+
+    async def detach(self, name: str) -> StreamStore:
+        """Stop serving stream ``name`` and hand back its store, still open, for the caller to
+        copy or close; its file stays on disk until the caller removes it."""
+        async with self._lifecycle:
+            if name not in self._streams:
+                raise NoSuchStream(name)
+            await self.sources.stop(name)
+            store = self._streams.pop(name)
+            self._filters.pop(name, None)
+            self._consumers.pop(name, None)
+        self.events.emit("stream_deleted", name)
+        return store
+
     async def update(self, name: str, changes: dict[str, Any]) -> tuple[StreamConfig, int]:
         """Apply a partial update of the mutable fields; returns (new config, messages pruned)."""
         unknown = set(changes) - set(MUTABLE_FIELDS)
@@ -187,3 +221,9 @@ class StreamRegistry:
 def _remove_files(path: Path) -> None:
     for suffix in ("", "-wal", "-shm"):
         Path(f"{path}{suffix}").unlink(missing_ok=True)
+
+
+def _move_files(source: Path, target: Path) -> None:
+    for suffix in ("-wal", "-shm", ""):
+        if Path(f"{source}{suffix}").exists():
+            Path(f"{source}{suffix}").replace(f"{target}{suffix}")

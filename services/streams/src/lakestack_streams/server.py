@@ -24,6 +24,10 @@ from lakestack_protos.waymaker.streams import (
 )
 from lakestack_protos.waymaker.streams import waymaker_streams_pb2 as pb
 from lakestack_streams import wire
+from lakestack_streams.cluster.node import ClusterNode
+from lakestack_streams.cluster.peers import is_hop
+from lakestack_streams.cluster.rebalance_handlers import RebalanceHandlers
+from lakestack_streams.cluster.replication_handlers import ReplicationHandlers
 from lakestack_streams.collection_stores import Collections
 from lakestack_streams.errors import StreamsError
 from lakestack_streams.kv import KeyValue, NoSuchBucket
@@ -79,13 +83,14 @@ def answers(response_type: type[R], **aliases: str) -> Callable[[Handler[R]], Ha
     return decorate
 
 
-class StreamsHandlers(waymaker_streams_pb2_grpc.WaymakerStreamsServiceServicer):
-    def __init__(
-        self, registry: StreamRegistry, node_id: int = 1, objects: ObjectStore | None = None
-    ) -> None:
+class StreamsHandlers(
+    ReplicationHandlers, RebalanceHandlers, waymaker_streams_pb2_grpc.WaymakerStreamsServiceServicer
+):
+    def __init__(self, registry: StreamRegistry, cluster: ClusterNode, objects: ObjectStore) -> None:
         self.registry = registry
-        self.node_id = node_id
-        self.objects = objects if objects is not None else ObjectStore(registry)
+        self.cluster = cluster
+        self.node_id = cluster.node_id
+        self.objects = objects
 
     # ---- stream lifecycle -------------------------------------------------------------------
 
@@ -110,6 +115,9 @@ class StreamsHandlers(waymaker_streams_pb2_grpc.WaymakerStreamsServiceServicer):
             sources_status=[
                 wire.source_status_pb(s) for s in self.registry.sources.statuses(store.config.name)
             ],
+            authority_override=wire.authority_pb(self.cluster.authority.override(store.config.name)),
+            ring_owner_node_id=self.cluster.membership.ring_owner(store.config.name),
+            pinned=self.cluster.authority.pinned(store.config.name),
         )
 
     @answers(pb.GetStreamSourcesResponse)
@@ -120,7 +128,39 @@ class StreamsHandlers(waymaker_streams_pb2_grpc.WaymakerStreamsServiceServicer):
         return pb.GetStreamSourcesResponse(success=True, result_code="ok", entries=entries)
 
     async def ListStreams(self, request: pb.ListStreamsRequest, context: Any) -> pb.ListStreamsResponse:
-        return pb.ListStreamsResponse(names=self.registry.names())
+        """Every stream of the cluster: this node's, plus each reachable peer's (asked for theirs
+        only). A peer that does not answer is left out, not an error: the listing is advisory."""
+        if is_hop(context):
+            return pb.ListStreamsResponse(names=self.registry.names())
+        return pb.ListStreamsResponse(names=await self.cluster.list_streams())
+
+    # ---- authority overrides ----------------------------------------------------------------
+
+    @answers(pb.ClearStreamAuthorityResponse)
+    async def ClearStreamAuthority(
+        self, request: pb.ClearStreamAuthorityRequest, context: Any
+    ) -> pb.ClearStreamAuthorityResponse:
+        await self.cluster.authority.clear(request.stream)
+        return pb.ClearStreamAuthorityResponse(success=True, result_code="ok")
+
+    @answers(pb.ListStreamAuthorityOverridesResponse)
+    async def ListStreamAuthorityOverrides(
+        self, request: pb.ListStreamAuthorityOverridesRequest, context: Any
+    ) -> pb.ListStreamAuthorityOverridesResponse:
+        entries = [
+            pb.AuthorityOverrideEntry(
+                stream=o.stream, claimant_node_id=o.claimant_node_id, fence_epoch=o.fence_epoch
+            )
+            for o in self.cluster.authority.overrides()
+        ]
+        return pb.ListStreamAuthorityOverridesResponse(success=True, result_code="ok", entries=entries)
+
+    @answers(pb.SetStreamPinnedResponse)
+    async def SetStreamPinned(
+        self, request: pb.SetStreamPinnedRequest, context: Any
+    ) -> pb.SetStreamPinnedResponse:
+        await self.cluster.authority.set_pinned(request.stream, request.pinned)
+        return pb.SetStreamPinnedResponse(success=True, result_code="ok")
 
     @answers(pb.UpdateStreamResponse)
     async def UpdateStream(self, request: pb.UpdateStreamRequest, context: Any) -> pb.UpdateStreamResponse:

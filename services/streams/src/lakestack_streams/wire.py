@@ -6,6 +6,7 @@ import dataclasses
 from typing import Any
 
 from lakestack_protos.waymaker.streams import waymaker_streams_pb2 as pb
+from lakestack_streams.cluster.authority import AuthorityOverride
 from lakestack_streams.consumers import ConsumerConfig, ConsumerState
 from lakestack_streams.events import TopologyEvent
 from lakestack_streams.model import Message, SourceConfig, StreamConfig, StreamStats
@@ -177,6 +178,7 @@ WATCH_TYPES = {
     "stream_updated": pb.WATCH_STREAM_UPDATED,
     "consumer_created": pb.WATCH_CONSUMER_CREATED,
     "consumer_deleted": pb.WATCH_CONSUMER_DELETED,
+    "authority_changed": pb.WATCH_STREAM_AUTHORITY_CHANGED,
 }
 
 
@@ -184,7 +186,15 @@ def watch_event_pb(event: TopologyEvent, node_id: int) -> pb.WatchEvent:
     message = pb.WatchEvent(
         type=WATCH_TYPES[event.type], ts_ms=event.ts_ms, node_id=node_id, lagged_count=event.lagged
     )
-    if event.consumer:
+    if event.type == "authority_changed":
+        message.authority.CopyFrom(
+            pb.AuthorityWatchDetail(
+                stream=event.stream,
+                claimant_node_id=event.claimant_node_id,
+                fence_epoch=event.fence_epoch,
+            )
+        )
+    elif event.consumer:
         message.consumer.CopyFrom(pb.ConsumerWatchDetail(stream=event.stream, consumer=event.consumer))
     else:
         message.stream.CopyFrom(pb.StreamWatchDetail(name=event.stream))
@@ -206,4 +216,12 @@ def object_info_pb(info: ObjectInfo) -> pb.ObjectInfo:
         headers=[pb.MessageHeader(key=k, value=v) for k, v in info.headers],
         metadata_seq=info.metadata_seq,
         deduped=info.deduped,
+    )
+
+
+def authority_pb(override: AuthorityOverride | None) -> pb.StreamAuthorityOverride | None:
+    if override is None:
+        return None
+    return pb.StreamAuthorityOverride(
+        claimant_node_id=override.claimant_node_id, fence_epoch=override.fence_epoch
     )

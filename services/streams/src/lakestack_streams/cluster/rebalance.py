@@ -1,0 +1,19 @@
+"""Transfer, migration, cluster stats and rebalancing (being built)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from lakestack_streams.cluster.node import ClusterNode
+
+
+class Rebalancer:
+    def __init__(self, node: ClusterNode) -> None:
+        self.node = node
+
+    async def start(self) -> None:
+        pass
+
+    async def stop(self) -> None:
+        pass

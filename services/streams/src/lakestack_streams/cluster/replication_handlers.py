@@ -1,0 +1,7 @@
+"""gRPC handlers of the Replicate* RPCs (secondary side), mixed into StreamsHandlers."""
+
+from __future__ import annotations
+
+
+class ReplicationHandlers:
+    pass

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -14,7 +15,7 @@ from lakestack_streams.consumers import Consumers
 from lakestack_streams.errors import InvalidConfig, NoSuchStream, Oversize, StreamExists, SubjectRejected
 from lakestack_streams.events import EventHub
 from lakestack_streams.model import PublishRequest, StreamConfig
-from lakestack_streams.sources import SourceTails
+from lakestack_streams.sources import SourceStream, SourceTails
 from lakestack_streams.store import StreamStore
 from lakestack_streams.subjects import SubjectError, SubjectFilter, validate_subject
 
@@ -40,7 +41,9 @@ class StreamRegistry:
         self._consumers: dict[str, Consumers] = {}
         self._lifecycle = asyncio.Lock()
         self._sweeper: asyncio.Task[None] | None = None
-        self.sources = SourceTails(self.get, self.publish, source_retry_s)
+        self.sources = SourceTails(self._source, self.publish, source_retry_s)
+        # Set by the cluster layer: a source stream this node does not serve, read from its owner.
+        self.remote_source: Callable[[str, str], Awaitable[SourceStream]] | None = None
 
     async def open(self) -> None:
         self.directory.mkdir(parents=True, exist_ok=True)
@@ -90,6 +93,14 @@ class StreamRegistry:
         if store is None:
             raise NoSuchStream(name)
         return store
+
+    async def _source(self, name: str, sourcing: str) -> SourceStream:
+        store = self._streams.get(name)
+        if store is not None:
+            return store
+        if self.remote_source is not None:
+            return await self.remote_source(name, sourcing)
+        raise NoSuchStream(name)
 
     def consumers(self, stream: str) -> Consumers:
         consumers = self._consumers.get(stream)

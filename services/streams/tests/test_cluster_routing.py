@@ -5,9 +5,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .cluster_harness import streams_cluster
-
 from lakestack_protos.waymaker.streams import waymaker_streams_pb2 as pb
+
+from .cluster_harness import streams_cluster
 
 
 async def test_any_node_serves_any_stream(tmp_path: Path) -> None:
@@ -15,7 +15,9 @@ async def test_any_node_serves_any_stream(tmp_path: Path) -> None:
         names = [f"s{i}" for i in range(12)]
         async with cluster.client(1) as one, cluster.client(2) as two, cluster.client(3) as three:
             for name in names:
-                reply = await one.streams.CreateStream(pb.CreateStreamRequest(config=pb.StreamConfigPb(name=name)))
+                reply = await one.streams.CreateStream(
+                    pb.CreateStreamRequest(config=pb.StreamConfigPb(name=name))
+                )
                 assert reply.success, reply.message
             for index, name in enumerate(names):
                 writer = (one, two, three)[index % 3]

@@ -12,6 +12,7 @@ from lakestack_protos.waymaker.streams import waymaker_streams_pb2 as pb
 from lakestack_streams.cluster.membership import Membership, parse_members
 
 from .cluster_harness import StreamsCluster, streams_cluster
+from .polling import eventually
 
 
 def names_on_distinct_owners(cluster: StreamsCluster, prefixes: list[str]) -> list[str]:
@@ -20,7 +21,9 @@ def names_on_distinct_owners(cluster: StreamsCluster, prefixes: list[str]) -> li
     chosen: list[str] = []
     for prefix in prefixes:
         taken = {membership.ring_owner(n) for n in chosen}
-        chosen.append(next(f"{prefix}{i}" for i in range(1000) if membership.ring_owner(f"{prefix}{i}") not in taken))
+        chosen.append(
+            next(f"{prefix}{i}" for i in range(1000) if membership.ring_owner(f"{prefix}{i}") not in taken)
+        )
     return chosen
 
 
@@ -42,9 +45,10 @@ async def count(client: StreamsClient, stream: str) -> int:
 
 
 async def wait_count(client: StreamsClient, stream: str, expected: int, timeout_s: float = 60) -> None:
-    async with asyncio.timeout(timeout_s):
-        while await count(client, stream) < expected:
-            await asyncio.sleep(0.1)
+    async def reached() -> bool:
+        return await count(client, stream) >= expected
+
+    await eventually(reached, f"{expected} messages in {stream}", timeout_s)
     assert await count(client, stream) == expected
 
 
@@ -70,12 +74,16 @@ async def test_fan_in_from_two_remote_sources_with_transforms(tmp_path: Path) ->
         east, west, agg = names_on_distinct_owners(cluster, ["east", "west", "agg"])
         async with cluster.client(1) as client:
             for name in (east, west):
-                reply = await client.streams.CreateStream(pb.CreateStreamRequest(config=pb.StreamConfigPb(name=name)))
+                reply = await client.streams.CreateStream(
+                    pb.CreateStreamRequest(config=pb.StreamConfigPb(name=name))
+                )
                 assert reply.success
             await publish_many(client, east, [f"orders.east.{i}" for i in range(300)])
             west_subjects = [f"orders.west.{i}" if i % 2 == 0 else f"audit.west.{i}" for i in range(200)]
             await publish_many(client, west, west_subjects)
-            transform = pb.SubjectTransformPb(source_pattern="orders.*.>", destination="all.{{wildcard(1)}}.>")
+            transform = pb.SubjectTransformPb(
+                source_pattern="orders.*.>", destination="all.{{wildcard(1)}}.>"
+            )
             config = pb.StreamConfigPb(
                 name=agg,
                 sources=[
@@ -96,13 +104,16 @@ async def test_fan_in_from_two_remote_sources_with_transforms(tmp_path: Path) ->
             assert len(seen) == len(set(seen))  # nothing twice
             assert sorted(seq for stream, seq in seen if stream == east) == list(range(1, 351))
             assert sorted(seq for stream, seq in seen if stream == west) == [i + 1 for i in west_matching]
+            # The payload is the subject published on the source (concurrent publishes: any seq).
+            originals: dict[str, set[str]] = {east: set(), west: set()}
             for message in messages:
-                stream, seq = provenance(message)
-                if stream == east:
-                    assert message.subject == f"all.east.{seq - 1}"
-                else:
-                    assert message.subject == f"orders.west.{seq - 1}"
-                    assert message.payload == message.subject.encode()
+                stream, _ = provenance(message)
+                original = message.payload.decode()
+                originals[stream].add(original)
+                expected = "all." + original.removeprefix("orders.") if stream == east else original
+                assert message.subject == expected
+            assert originals[east] == {f"orders.east.{i}" for i in range(350)}
+            assert originals[west] == {f"orders.west.{i}" for i in west_matching}
             info = await client.streams.GetStreamInfo(pb.GetStreamInfoRequest(name=agg))
             status = {s.source_stream: s for s in info.sources_status}
             assert status[east].last_sourced_seq == 350 and status[east].last_error == ""
@@ -113,7 +124,9 @@ async def test_kill_sourcing_node_mid_backfill_resumes_without_duplicates(tmp_pa
     async with streams_cluster(tmp_path) as cluster:
         source, copy = names_on_distinct_owners(cluster, ["big", "copy"])
         async with cluster.client(1) as client:
-            reply = await client.streams.CreateStream(pb.CreateStreamRequest(config=pb.StreamConfigPb(name=source)))
+            reply = await client.streams.CreateStream(
+                pb.CreateStreamRequest(config=pb.StreamConfigPb(name=source))
+            )
             assert reply.success
             total = 6000
             await publish_many(client, source, [f"e.{i}" for i in range(total)])
@@ -122,9 +135,11 @@ async def test_kill_sourcing_node_mid_backfill_resumes_without_duplicates(tmp_pa
             assert reply.success, reply.message
             info = await client.streams.GetStreamInfo(pb.GetStreamInfoRequest(name=copy))
             owner = info.ring_owner_node_id
-            async with asyncio.timeout(60):
-                while await count(client, copy) < 500:
-                    await asyncio.sleep(0.02)
+
+            async def backfilling() -> bool:
+                return await count(client, copy) >= 500
+
+            await eventually(backfilling, "500 messages backfilled", every_s=0.01)
         cluster.kill(owner)  # in the middle of the backfill
         await cluster.start(owner)
         async with cluster.client(owner) as client:

@@ -9,11 +9,7 @@ from pathlib import Path
 from lakestack_common.natsserver import NatsServers
 from lakestack_streams.cluster.authority import AuthorityOverride, NatsAuthority
 
-
-async def eventually(check: object, timeout_s: float = 10.0) -> None:
-    async with asyncio.timeout(timeout_s):
-        while not check():  # type: ignore[operator]
-            await asyncio.sleep(0.02)
+from .polling import eventually
 
 
 async def test_two_nodes_share_overrides_through_nats(tmp_path: Path) -> None:

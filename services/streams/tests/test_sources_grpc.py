@@ -4,9 +4,7 @@ missing source, resume after restart without duplicates, GetStreamSources and so
 
 from __future__ import annotations
 
-import asyncio
 import json
-from collections.abc import Awaitable, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 
@@ -17,6 +15,8 @@ from lakestack_common.testing import channel_to, running
 from lakestack_protos.waymaker.streams import waymaker_streams_pb2 as pb
 from lakestack_streams.app import StreamsService
 from lakestack_streams.settings import StreamsSettings
+
+from .polling import eventually
 
 WAIT_S = 20.0
 
@@ -53,14 +53,6 @@ async def messages(client: StreamsClient, stream: str, subject: str) -> list[pb.
     )
     assert reply.success, reply.message
     return list(reply.messages)
-
-
-async def eventually(check: Callable[[], Awaitable[bool]], what: str) -> None:
-    """Poll ``check`` (an RPC) until it holds: the tail works in the background."""
-    deadline = asyncio.get_running_loop().time() + WAIT_S
-    while not await check():
-        assert asyncio.get_running_loop().time() < deadline, f"timed out waiting for: {what}"
-        await asyncio.sleep(0.02)
 
 
 async def count(client: StreamsClient, stream: str) -> int:

@@ -3,11 +3,13 @@ server, or a cluster of them on loopback. Used by `lakestack up`, the tests and 
 
 from __future__ import annotations
 
+import json
 import shutil
 import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -22,6 +24,10 @@ def nats_server_binary() -> str:
     return found
 
 
+# Object-store chunks are 1 MiB plus headers, over the 1 MB default; 8 MB is NATS's advised ceiling.
+MAX_PAYLOAD = "8MB"
+
+
 def server_command(
     port: int,
     store_dir: Path,
@@ -30,10 +36,19 @@ def server_command(
     cluster_port: int = 0,
     routes: list[int] | None = None,
     cluster_name: str = "lakestack",
+    monitor_port: int = 0,
 ) -> list[str]:
-    command = [nats_server_binary(), "-js", "-sd", str(store_dir), "-a", "127.0.0.1", "-p", str(port)]
+    """The command line of one JetStream server; writes its small config file into ``store_dir``
+    (the settings that have no command-line flag)."""
+    store_dir.mkdir(parents=True, exist_ok=True)
+    config = store_dir / "server.conf"
+    config.write_text(f"max_payload: {MAX_PAYLOAD}\n")
+    command = [nats_server_binary(), "-c", str(config), "-js", "-sd", str(store_dir)]
+    command += ["-a", "127.0.0.1", "-p", str(port)]
     if name:
         command += ["-n", name]
+    if monitor_port:
+        command += ["-m", str(monitor_port)]
     if cluster_port:
         command += ["-cluster", f"nats://127.0.0.1:{cluster_port}", "-cluster_name", cluster_name]
         command += ["-routes", ",".join(f"nats://127.0.0.1:{p}" for p in routes or [])]
@@ -47,6 +62,7 @@ class NatsNode:
     cluster_port: int
     store_dir: Path
     log: Path
+    monitor_port: int
     process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -63,12 +79,18 @@ class NatsServers:
     nodes: list[NatsNode] = field(default_factory=list)
 
     def __post_init__(self) -> None:
-        ports = free_ports(2 * self.count)
+        ports = free_ports(3 * self.count)
+        client, routes, monitor = (ports[i * self.count : (i + 1) * self.count] for i in range(3))
         for index in range(self.count):
             name = f"n{index + 1}"
             self.nodes.append(
                 NatsNode(
-                    name, ports[index], ports[self.count + index], self.root / name, self.root / f"{name}.log"
+                    name,
+                    client[index],
+                    routes[index],
+                    self.root / name,
+                    self.root / f"{name}.log",
+                    monitor[index],
                 )
             )
 
@@ -87,6 +109,7 @@ class NatsServers:
             name=node.name,
             cluster_port=node.cluster_port if clustered else 0,
             routes=[n.cluster_port for n in self.nodes if n is not node] if clustered else None,
+            monitor_port=node.monitor_port,
         )
         with node.log.open("ab") as log:
             node.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
@@ -95,6 +118,20 @@ class NatsServers:
     def start_all(self) -> None:
         for index in range(self.count):
             self.start(index)
+
+    def wait_ready(self, timeout_s: float = 60.0) -> None:
+        """Until every running server reports healthy: JetStream enabled and, in a cluster, a meta
+        leader elected that this server is current with (so streams can be placed)."""
+        deadline = time.monotonic() + timeout_s
+        for node in self.nodes:
+            if node.process is None:
+                continue
+            while not _healthy(node.monitor_port):
+                if node.process.poll() is not None:
+                    raise RuntimeError(f"nats-server {node.name} exited with {node.process.returncode}")
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"nats-server {node.name} not healthy after {timeout_s:g} s")
+                time.sleep(0.1)
 
     def kill(self, index: int) -> None:
         process = self.nodes[index].process
@@ -116,6 +153,11 @@ class NatsServers:
 
     def __enter__(self) -> NatsServers:
         self.start_all()
+        try:
+            self.wait_ready()
+        except BaseException:
+            self.stop_all()
+            raise
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -133,3 +175,11 @@ def _wait_listening(port: int, process: subprocess.Popen[bytes], timeout_s: floa
         except OSError:
             time.sleep(0.05)
     raise RuntimeError(f"nats-server is not listening on {port} after {timeout_s:g} s")
+
+
+def _healthy(monitor_port: int) -> bool:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{monitor_port}/healthz", timeout=2) as reply:
+            return bool(json.load(reply).get("status") == "ok")
+    except (OSError, ValueError):
+        return False  # not listening yet, or 503 while JetStream catches up

@@ -20,7 +20,7 @@ from lakestack_streams.errors import NoSuchStream, StreamExists, StreamsError
 from lakestack_streams.kv import InvalidBucketConfig, NoSuchBucket
 from lakestack_streams.model import Message, PublishRequest, StreamConfig
 from lakestack_streams.registry import StreamRegistry
-from lakestack_streams.store import Counters, StreamStore, Txn
+from lakestack_streams.store import StreamStore
 from lakestack_streams.subjects import SubjectError, validate_name
 
 Kind = Literal["hash", "set", "queue"]
@@ -138,26 +138,17 @@ class Collections:
         store = self._store("queue", name)
         limits = await store.get_meta("queue_limits") or "0,0"
         max_messages, max_bytes = (int(x) for x in limits.split(","))
-        request = PublishRequest(QUEUE_SUBJECT, value)
-
-        def room_left(counters: Counters) -> None:  # checked inside the append's transaction
-            if max_messages and counters.msg_count >= max_messages:
-                raise QueueFull(f"queue {name!r} holds its maximum of {max_messages} items")
-            if max_bytes and counters.bytes + request.size > max_bytes:
-                raise QueueFull(f"queue {name!r} would exceed its maximum of {max_bytes} bytes")
-
-        [seq] = await store.append([request], precondition=room_left)
-        return seq
+        return await store.append_bounded(  # the bound check and the append are one transaction
+            PublishRequest(QUEUE_SUBJECT, value),
+            max_messages,
+            max_bytes,
+            QueueFull(f"queue {name!r} holds its maximum of {max_messages} items"),
+            QueueFull(f"queue {name!r} would exceed its maximum of {max_bytes} bytes"),
+        )
 
     async def pop(self, name: str) -> bytes | None:
-        def take_oldest(txn: Txn) -> bytes | None:
-            oldest = txn.messages("1 = 1 ORDER BY seq LIMIT 1")
-            if not oldest:
-                return None
-            txn.remove([oldest[0].seq])
-            return oldest[0].payload
-
-        return await self._store("queue", name).write(take_oldest)
+        oldest = await self._store("queue", name).pop_oldest()
+        return None if oldest is None else oldest.payload
 
     async def range(self, name: str, from_sequence: int, limit: int) -> list[bytes]:
         limit = min(limit or MAX_RANGE, MAX_RANGE)

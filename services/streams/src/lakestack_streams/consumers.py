@@ -111,6 +111,13 @@ class Consumers:
         self._on_change = on_change  # (created, consumer name)
         self._subscribers: dict[str, int] = {}
         self._deleted: dict[str, asyncio.Event] = {}  # set when a subscribed consumer is deleted
+        # Cluster hook (replication): awaited after a committed change of consumer `name`; with
+        # `sync` the answer waits until the in-sync replicas hold the change (not for fetches).
+        self.replicate: Callable[[str, bool], Awaitable[None]] | None = None
+
+    async def _replicated(self, name: str, sync: bool = True) -> None:
+        if self.replicate is not None:
+            await self.replicate(name, sync)
 
     @contextlib.asynccontextmanager
     async def subscription(self, name: str) -> AsyncIterator[ConsumerState]:
@@ -156,6 +163,7 @@ class Consumers:
             return ConsumerState(config, cursor, cursor, created, 0, cursor)
 
         state = await self.store.write(create)
+        await self._replicated(config.name)  # cluster hook
         if (deleted := self._deleted.get(config.name)) is not None and deleted.is_set():
             self._deleted[config.name] = asyncio.Event()  # re-created: subscribers still bound wait again
         self._on_change(True, config.name)
@@ -168,6 +176,7 @@ class Consumers:
             txn.execute("DELETE FROM consumers WHERE name = ?", (name,))
 
         await self.store.write(delete)
+        await self._replicated(name)  # cluster hook
         deleted = self._deleted.get(name)
         if deleted is not None:
             # Wakes idle push subscribers (also one about to wait), which end with NoSuchConsumer.
@@ -260,6 +269,8 @@ class Consumers:
         # A delivery record lost to a power failure only means a redelivery (at-least-once), so
         # deliveries skip the fsync; acks and consumer changes stay durable.
         deliveries = await self.store.write(fetch, durable=False)
+        if deliveries or dead:
+            await self._replicated(name, sync=False)  # cluster hook
         await self._dead_letter(name, dead)
         return deliveries
 
@@ -328,7 +339,9 @@ class Consumers:
             _advance_floor(txn, name)
             return was_pending
 
-        return await self.store.write(ack)
+        acked = await self.store.write(ack)
+        await self._replicated(name)  # cluster hook
+        return acked
 
     async def term(self, name: str, seq: int) -> bool:
         def term(txn: Txn) -> bool:
@@ -337,7 +350,9 @@ class Consumers:
             _advance_floor(txn, name)
             return was_pending
 
-        return await self.store.write(term)
+        termed = await self.store.write(term)
+        await self._replicated(name)  # cluster hook
+        return termed
 
     async def nak(self, name: str, seq: int, delay_ms: int) -> bool:
         return await self._reschedule(name, seq, lambda now, _: now + delay_ms)
@@ -361,7 +376,9 @@ class Consumers:
             txn.execute(sql + " WHERE consumer = ? AND seq = ?", (*params, name, seq))
             return True
 
-        return await self.store.write(reschedule)
+        rescheduled = await self.store.write(reschedule)
+        await self._replicated(name)  # cluster hook
+        return rescheduled
 
     async def next_redelivery_ms(self, name: str) -> int | None:
         """When the earliest pending message of ``name`` becomes eligible again (None: nothing pending)."""

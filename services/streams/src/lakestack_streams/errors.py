@@ -4,7 +4,14 @@ escapes a handler still maps to a sensible gRPC status."""
 
 from __future__ import annotations
 
-from lakestack_common.errors import AlreadyExists, Conflict, InvalidArgument, LakestackError, NotFound
+from lakestack_common.errors import (
+    AlreadyExists,
+    Conflict,
+    InvalidArgument,
+    LakestackError,
+    NotFound,
+    Unavailable,
+)
 
 
 class StreamsError(LakestackError):
@@ -63,3 +70,40 @@ class Busy(StreamsError, Conflict):
     """The resource is bound to someone else (a consumer's single push subscriber)."""
 
     result_code = "busy"
+
+
+class Unsupported(InvalidConfig):
+    """A contract feature the configured storage backend cannot provide (e.g. on the NATS
+    JetStream backend). Answered as `invalid_config`, the contract's code for a config the
+    service cannot accept; the message says what is unsupported and where."""
+
+    def __init__(self, backend: str, what: str) -> None:
+        super().__init__(f"not supported on the {backend} backend: {what}")
+
+
+class BackendUnavailable(StreamsError, Unavailable):
+    """The storage backend did not answer within the deadline (e.g. no NATS JetStream leader)."""
+
+    result_code = "internal"
+
+
+# ---- transfer and migration (cluster/transfer.py) ----
+
+
+class SourceBusy(StreamsError, Conflict):
+    """TransferStream refused: the stream still has live writers (queued publishes or an open push
+    subscriber). The TransferStream handler answers it as FAILED_PRECONDITION."""
+
+    result_code = "source_busy"
+
+
+class SourceUnreachable(StreamsError):
+    """MigrateStream could not reach the source node (down, not answering, or not a member)."""
+
+    result_code = "source_unreachable"
+
+
+class TransferCorrupted(StreamsError):
+    """The bytes MigrateStream received are not the stream the source announced."""
+
+    result_code = "transfer_corrupted"

@@ -40,7 +40,7 @@ from lakestack_streams.errors import NoSuchStream, Oversize, StreamsError, Subje
 from lakestack_streams.kv import NoSuchBucket
 from lakestack_streams.model import Headers, Message, PublishRequest
 from lakestack_streams.registry import StreamRegistry
-from lakestack_streams.store import StoreClosed, StreamStore, now_ms, prefix_end
+from lakestack_streams.store import StoreClosed, StreamStore, now_ms
 
 log = logging.getLogger("lakestack.streams.objects")
 
@@ -713,7 +713,7 @@ class ObjectStore:
             nonlocal removed, victims
             if victims and (force or len(victims) >= GC_BATCH):
                 batch, victims = victims, []
-                removed += await store.write(lambda txn: txn.remove(batch))
+                removed += await store.remove_messages(batch)
 
         async with self._lock(stream):
             # Order matters: uploads first, then metadata. An upload that finished before the
@@ -821,17 +821,10 @@ async def _index(
 
     Reads the index in pages of GC_PAGE rows over committed data (no payloads loaded)."""
     cursor: tuple[str, int] = ("", 0)
-    end = prefix_end(prefix)
     while True:
-        rows = await store.select(
-            "SELECT seq, subject, ts_ms, headers FROM messages "
-            "WHERE subject >= ? AND subject < ? AND seq <= ? AND (subject, seq) > (?, ?) "
-            "ORDER BY subject, seq LIMIT ?",
-            (prefix, end, horizon, cursor[0], cursor[1], GC_PAGE),
-        )
-        for seq, subject, ts, headers in rows:
-            pairs = tuple((str(k), str(v)) for k, v in json.loads(headers)) if headers else ()
-            yield int(seq), str(subject), int(ts), pairs
+        rows = await store.index_page(prefix, horizon, cursor, GC_PAGE)
+        for row in rows:
+            yield row
         if len(rows) < GC_PAGE:
             return
-        cursor = (str(rows[-1][1]), int(rows[-1][0]))
+        cursor = (rows[-1][1], rows[-1][0])

@@ -12,7 +12,14 @@ from pathlib import Path
 from typing import Any
 
 from lakestack_streams.consumers import Consumers
-from lakestack_streams.errors import InvalidConfig, NoSuchStream, Oversize, StreamExists, SubjectRejected
+from lakestack_streams.errors import (
+    InvalidConfig,
+    NoSuchStream,
+    Oversize,
+    SourceBusy,
+    StreamExists,
+    SubjectRejected,
+)
 from lakestack_streams.events import EventHub
 from lakestack_streams.model import PublishRequest, StreamConfig
 from lakestack_streams.sources import SourceStream, SourceTails
@@ -23,6 +30,23 @@ log = logging.getLogger("lakestack.streams")
 
 # UpdateStream may change only these; everything else needs delete + recreate.
 MUTABLE_FIELDS = ("max_age_ms", "max_msgs", "max_bytes", "max_msg_bytes", "strict_limits")
+
+
+class StreamObserver:
+    """Cluster hook (replication, cluster/replication.py): told of this node's stream lifecycle
+    changes. The defaults do nothing (one node, or replication_factor 1)."""
+
+    def added(self, name: str) -> None:
+        """A stream became one of this node's (opened at start, created, adopted)."""
+
+    def deleted(self, name: str) -> None:
+        """A stream was deleted (not detached: its data still exists elsewhere then)."""
+
+    def updated(self, name: str, changes: dict[str, Any]) -> None:
+        """UpdateStream applied these mutable fields."""
+
+    async def published(self, name: str, seq: int) -> None:
+        """Awaited before a publish is answered (the replicas' acknowledgement)."""
 
 
 class StreamRegistry:
@@ -44,6 +68,8 @@ class StreamRegistry:
         self.sources = SourceTails(self._source, self.publish, source_retry_s)
         # Set by the cluster layer: a source stream this node does not serve, read from its owner.
         self.remote_source: Callable[[str, str], Awaitable[SourceStream]] | None = None
+        # Set by the cluster layer: replication of every stream change (see StreamObserver).
+        self.observer = StreamObserver()
 
     async def open(self) -> None:
         self.directory.mkdir(parents=True, exist_ok=True)
@@ -82,6 +108,7 @@ class StreamRegistry:
                 "consumer_created" if created else "consumer_deleted", name, consumer
             ),
         )
+        self.observer.added(name)  # cluster hook
 
     # ---- lookup -----------------------------------------------------------------------------
 
@@ -136,6 +163,7 @@ class StreamRegistry:
             await store.close()
             if store.path is not None:
                 _remove_files(store.path)
+        self.observer.deleted(name)  # cluster hook
         self.events.emit("stream_deleted", name)
         log.info("deleted stream %s", name)
 
@@ -181,6 +209,7 @@ class StreamRegistry:
         store = self.get(name)
         config = replace(store.config, **changes).validated()
         pruned = await store.update_config(config)
+        self.observer.updated(name, changes)  # cluster hook
         self.events.emit("stream_updated", name)
         return config, pruned
 
@@ -208,7 +237,9 @@ class StreamRegistry:
                 f"message of {size} bytes (subject + headers + payload) exceeds max_bytes "
                 f"{store.config.max_bytes} of {stream!r}"
             )
-        return await store.publish(request)
+        seq = await store.publish(request)
+        await self.observer.published(stream, seq)  # cluster hook: the replicas have it too
+        return seq
 
     # ---- retention --------------------------------------------------------------------------
 
@@ -227,6 +258,39 @@ class StreamRegistry:
                 await self.sweep()
             except Exception:
                 log.exception("retention sweep failed")
+
+    # ---- transfer (migration)
+
+    def writers(self, name: str) -> list[str]:
+        """What keeps stream ``name`` from being transferred: queued publishes and open push
+        subscribers (empty when it may go). Raises NoSuchStream."""
+        store = self.get(name)
+        found = []
+        if queued := store.queued_publishes():
+            found.append(f"{queued} publishes waiting to commit")
+        subscribed = sorted(self.consumers(name)._subscribers)
+        if subscribed:
+            found.append(f"push subscribers on consumers {', '.join(subscribed)}")
+        return found
+
+    async def detach_idle(self, name: str) -> StreamStore:
+        """Like :meth:`detach`, for a transfer: refuse with SourceBusy while the stream has
+        writers (:meth:`writers`). The check and the removal run with no await in between, so
+        no publish or subscriber can get in after the check; the caller closes the store."""
+        async with self._lifecycle:
+            blockers = self.writers(name)
+            if blockers:
+                raise SourceBusy(
+                    f"stream {name!r} has live writers ({'; '.join(blockers)}): drain them before "
+                    "transferring it"
+                )
+            store = self._streams.pop(name)
+            self._filters.pop(name, None)
+            self._consumers.pop(name, None)
+            await self.sources.stop(name)
+        self.events.emit("stream_deleted", name)
+        log.info("detached stream %s for a transfer", name)
+        return store
 
 
 def _remove_files(path: Path) -> None:

@@ -7,14 +7,11 @@ and answer UNIMPLEMENTED (through the generated base servicer and the shared cal
 
 from __future__ import annotations
 
-import functools
 import logging
-import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any, TypeVar
+from collections.abc import AsyncIterator
+from typing import Any
 
 import grpc
-from grpc import aio
 
 from lakestack_common.errors import NotFound
 from lakestack_protos.waymaker.streams import (
@@ -24,6 +21,7 @@ from lakestack_protos.waymaker.streams import (
 )
 from lakestack_protos.waymaker.streams import waymaker_streams_pb2 as pb
 from lakestack_streams import wire
+from lakestack_streams.answers import answers
 from lakestack_streams.cluster.node import ClusterNode
 from lakestack_streams.cluster.peers import is_hop
 from lakestack_streams.cluster.rebalance_handlers import RebalanceHandlers
@@ -36,9 +34,6 @@ from lakestack_streams.objects import ObjectStore
 from lakestack_streams.registry import MUTABLE_FIELDS, StreamRegistry
 
 log = logging.getLogger("lakestack.streams")
-
-R = TypeVar("R")
-Handler = Callable[[Any, Any, Any], Awaitable[R]]
 
 SUBSCRIBE_DEFAULT_BATCH = 16
 SUBSCRIBE_MAX_BATCH = 1024
@@ -53,34 +48,6 @@ OBJECT_STREAM_STATUS = {
     "sha_mismatch": grpc.StatusCode.ABORTED,
     "incomplete": grpc.StatusCode.DATA_LOSS,
 }
-
-
-def answers(response_type: type[R], **aliases: str) -> Callable[[Handler[R]], Handler[R]]:
-    """Turn domain errors raised by a handler into ``response_type(success=False, ...)``;
-    ``aliases`` rename an error's extra fields (``seq="revision"`` for KV responses)."""
-
-    def decorate(handler: Handler[R]) -> Handler[R]:
-        @functools.wraps(handler)
-        async def wrapper(self: Any, request: Any, context: Any) -> R:
-            try:
-                return await handler(self, request, context)
-            except aio.AbortError:  # the handler chose a gRPC status itself
-                raise
-            except StreamsError as exc:
-                extra = {aliases.get(k, k): v for k, v in exc.response_fields().items()}
-                return response_type(  # type: ignore[call-arg]
-                    success=False, result_code=exc.result_code, message=exc.message, **extra
-                )
-            except Exception:
-                ref = uuid.uuid4().hex[:12]
-                log.exception("%s failed (reference %s)", handler.__name__, ref)
-                return response_type(  # type: ignore[call-arg]
-                    success=False, result_code="internal", message=f"internal error (reference {ref})"
-                )
-
-        return wrapper
-
-    return decorate
 
 
 class StreamsHandlers(

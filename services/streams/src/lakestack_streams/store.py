@@ -130,6 +130,27 @@ class StoreClosed(StreamsError):
     result_code = "internal"
 
 
+@dataclass
+class Changes:
+    """Cluster hook (replication): what one commit did to the messages and the `x.*` meta keys,
+    handed to ``StreamStore.on_commit`` after the commit (steps rolled back are left out)."""
+
+    appended: list[Message] = field(default_factory=list)
+    removed: list[tuple[int, int]] = field(default_factory=list)  # inclusive seq ranges
+    meta: dict[str, str | None] = field(default_factory=dict)  # key without "x." -> value (None: deleted)
+
+    def __bool__(self) -> bool:
+        return bool(self.appended or self.removed or self.meta)
+
+    def mark(self) -> tuple[int, int, dict[str, str | None]]:
+        return len(self.appended), len(self.removed), dict(self.meta)
+
+    def rollback(self, mark: tuple[int, int, dict[str, str | None]]) -> None:
+        del self.appended[mark[0] :]
+        del self.removed[mark[1] :]
+        self.meta = mark[2]
+
+
 class Txn:
     """One write transaction, run entirely on the writer connection's thread (so its body is
     plain synchronous code: no awaits, no event-loop objects). ``counters`` is the
@@ -139,6 +160,7 @@ class Txn:
         self._store = store
         self._conn = conn
         self.counters = counters
+        self.changes = Changes()  # cluster hook: recorded for StreamStore.on_commit
 
     # ---- for write bodies -------------------------------------------------------------------
 
@@ -163,6 +185,43 @@ class Txn:
         marks = ",".join("?" * len(wanted))
         rows = self.fetchall(f"SELECT seq, size FROM messages WHERE seq IN ({marks})", wanted)
         return self._delete_rows((int(seq), int(size)) for seq, size in rows)
+
+    # ---- cluster hook: applying a primary's changes to a replica (cluster/replicas.py) -------
+
+    def insert_replicated(self, messages: Sequence[Message]) -> None:
+        """Insert messages at the seqs the primary assigned (each must be last_seq + 1), with no
+        limit enforcement: the primary replicates its removals explicitly."""
+        counters = self.counters
+        for message in messages:
+            if message.seq != counters.last_seq + 1:
+                raise StreamsError(f"seq {message.seq} does not follow last_seq {counters.last_seq}")
+            size = message_size(message.subject, message.headers, message.payload)
+            headers = _headers_json(message.headers)
+            row = (message.seq, message.subject, message.ts_ms, headers, message.payload, size)
+            self._conn.execute(INSERT_MESSAGES, row)
+            block = self._store.block_of(message.seq)
+            self._conn.execute(ADD_TO_BLOCKS, (block, 1, size, message.ts_ms))
+            mirror = counters.blocks.get(block, Block(0, 0, 0))
+            newest = max(mirror.max_ts, message.ts_ms)
+            counters.blocks[block] = Block(mirror.msgs + 1, mirror.bytes + size, newest)
+            counters.last_seq = message.seq
+            counters.msg_count += 1
+            counters.bytes += size
+            counters.first_seq = counters.first_seq or message.seq
+
+    def raise_last_seq(self, seq: int) -> None:
+        """Record ``seq`` as assigned (and removed) when it is above the last seq."""
+        if seq > self.counters.last_seq:
+            self.counters.last_seq = seq
+            self._remember_last_seq()
+
+    def set_meta(self, key: str, value: str | None) -> None:
+        """Write (None: delete) the meta value ``x.<key>``."""
+        if value is None:
+            self._conn.execute("DELETE FROM meta WHERE key = ?", (f"x.{key}",))
+        else:
+            self._conn.execute(SET_META, (f"x.{key}", value))
+        self.changes.meta[key] = value
 
     def drop_blocks_through(self, seq: int) -> int:
         """Drop every whole block whose last seq is <= ``seq`` (Interest retention)."""
@@ -198,6 +257,7 @@ class Txn:
             size = message_size(request.subject, request.headers, request.payload)
             ts = request.ts_ms or wall
             rows.append((seq, request.subject, ts, _headers_json(request.headers), request.payload, size))
+            self.changes.appended.append(Message(seq, request.subject, ts, request.headers, request.payload))
             block = added[self._store.block_of(seq)]
             block[0] += 1
             block[1] += size
@@ -307,6 +367,7 @@ class Txn:
         self._remember_last_seq()
         counters = self.counters
         self._conn.executemany("DELETE FROM messages WHERE seq = ?", [(seq,) for seq, _ in victims])
+        self.changes.removed.extend((seq, seq) for seq, _ in victims)
         per_block: dict[int, list[int]] = defaultdict(lambda: [0, 0])
         for seq, size in victims:
             entry = per_block[self._store.block_of(seq)]
@@ -335,6 +396,7 @@ class Txn:
         self._conn.execute(
             "DELETE FROM messages WHERE seq BETWEEN ? AND ?", ((block - 1) * size + 1, block * size)
         )
+        self.changes.removed.append(((block - 1) * size + 1, block * size))
         self._conn.execute("DELETE FROM blocks WHERE block = ?", (block,))
         self.counters.msg_count -= mirror.msgs
         self.counters.bytes -= mirror.bytes
@@ -415,6 +477,9 @@ class StreamStore:
         self._writer: asyncio.Task[None] | None = None
         self._lock = asyncio.Lock()  # held by the writer while a transaction is open
         self.commits = 0  # transactions that carried publishes (group commit makes this << publishes)
+        # Cluster hook (replication): called on the event loop after each commit that changed
+        # messages or `x.*` meta, before any caller of that commit is answered.
+        self.on_commit: Callable[[Changes], None] | None = None
 
     # ---- lifecycle --------------------------------------------------------------------------
 
@@ -546,7 +611,7 @@ class StreamStore:
 
         relaxed = self.path is not None and all(isinstance(i, _Operation) and not i.durable for i in batch)
 
-        def run(conn: sqlite3.Connection) -> tuple[list[tuple[bool, Any]], Counters]:
+        def run(conn: sqlite3.Connection) -> tuple[list[tuple[bool, Any]], Counters, Changes]:
             if relaxed:
                 conn.execute("PRAGMA synchronous=NORMAL")  # WAL: written, not fsynced
             try:
@@ -555,7 +620,7 @@ class StreamStore:
                 if relaxed:
                     conn.execute("PRAGMA synchronous=FULL")
 
-        def run_steps(conn: sqlite3.Connection) -> tuple[list[tuple[bool, Any]], Counters]:
+        def run_steps(conn: sqlite3.Connection) -> tuple[list[tuple[bool, Any]], Counters, Changes]:
             txn = Txn(self, conn, self._state.copy())
             outcomes: list[tuple[bool, Any]] = []
             conn.execute("BEGIN IMMEDIATE")
@@ -565,15 +630,17 @@ class StreamStore:
                         outcomes.append((True, steps[0][0](txn)))
                     except Exception as exc:
                         conn.execute("ROLLBACK")
-                        return [(False, exc)], self._state
+                        return [(False, exc)], self._state, Changes()
                 else:
                     for body, _ in steps:
                         conn.execute("SAVEPOINT step")
+                        mark = txn.changes.mark()
                         try:
                             result = body(txn)
                         except Exception as exc:
                             conn.execute("ROLLBACK TO step")
                             txn.counters = _read_counters(conn)  # as they were before this step
+                            txn.changes.rollback(mark)
                             outcomes.append((False, exc))
                         else:
                             outcomes.append((True, result))
@@ -582,14 +649,19 @@ class StreamStore:
             except BaseException:
                 conn.execute("ROLLBACK")
                 raise
-            return outcomes, txn.counters
+            return outcomes, txn.counters, txn.changes
 
         published = any(isinstance(items[0], _Publish) for _, items in steps)
         before = self._state.last_seq
         try:
             async with self._lock:
-                outcomes, counters = await run_on_connection(self._db, run)
+                outcomes, counters, changes = await run_on_connection(self._db, run)
                 self._state = counters
+            if changes and self.on_commit is not None:  # cluster hook: before anyone is answered
+                try:
+                    self.on_commit(changes)
+                except Exception:
+                    log.exception("stream %s: commit hook failed", self._config.name)
         except Exception as exc:  # the commit itself failed: nothing of this batch happened
             log.exception("stream %s: commit failed", self._config.name)
             failure = StreamsError(f"commit failed: {exc}")
@@ -610,7 +682,7 @@ class StreamStore:
 
     async def set_meta(self, key: str, value: str) -> None:
         """Durably record a small named value beside the stream (e.g. a queue's bounds)."""
-        await self._transaction(lambda txn: txn.execute(SET_META, (f"x.{key}", value)))
+        await self._transaction(lambda txn: txn.set_meta(key, value))
 
     async def append(
         self,
@@ -631,7 +703,7 @@ class StreamStore:
                 precondition(txn.counters)
             outcomes = txn.append(requests)
             for key, value in (meta or {}).items():
-                txn.execute(SET_META, (f"x.{key}", value))
+                txn.set_meta(key, value)
             return outcomes
 
         return [seq for seq in await self._transaction(body) if isinstance(seq, int)]
@@ -656,13 +728,14 @@ class StreamStore:
             return 0
         return await self._transaction(lambda txn: txn.enforce_limits(now or now_ms()))
 
-    async def update_config(self, config: StreamConfig) -> int:
-        """Persist a new config (mutable fields only are the caller's concern); returns pruned."""
+    async def update_config(self, config: StreamConfig, prune: bool = True) -> int:
+        """Persist a new config (mutable fields only are the caller's concern); returns pruned.
+        ``prune=False``: a replica's (its primary replicates its removals)."""
         await self._transaction(
             lambda txn: txn.execute("UPDATE meta SET value = ? WHERE key = 'config'", (config.to_json(),))
         )
         self._config = config
-        return await self.prune()
+        return await self.prune() if prune else 0
 
     async def delete_message(self, seq: int) -> bool:
         """Remove one message (WorkQueue ack); False if it is not there."""
@@ -740,6 +813,67 @@ class StreamStore:
         async with self._appended:
             await self._appended.wait_for(lambda: self._state.last_seq > after_seq or self._closed)
         return self._state.last_seq > after_seq
+
+    # ---- backend-neutral maintenance (also implemented by the NATS backend)
+
+    async def append_bounded(
+        self, request: PublishRequest, max_msgs: int, max_bytes: int, too_many: Exception, too_big: Exception
+    ) -> int:
+        """Append ``request`` unless the stream would then hold more than ``max_msgs`` messages
+        (raise ``too_many``) or ``max_bytes`` bytes (raise ``too_big``); 0 = unbounded. The check
+        and the append are one transaction (a bounded queue refuses, it never drops)."""
+
+        def room_left(counters: Counters) -> None:
+            if max_msgs and counters.msg_count >= max_msgs:
+                raise too_many
+            if max_bytes and counters.bytes + request.size > max_bytes:
+                raise too_big
+
+        [seq] = await self.append([request], precondition=room_left)
+        return seq
+
+    async def pop_oldest(self) -> Message | None:
+        """Remove and return the oldest message (None when empty); concurrent pops never share one."""
+
+        def take_oldest(txn: Txn) -> Message | None:
+            oldest = txn.messages("1 = 1 ORDER BY seq LIMIT 1")
+            if not oldest:
+                return None
+            txn.remove([oldest[0].seq])
+            return oldest[0]
+
+        return await self.write(take_oldest)
+
+    async def remove_messages(self, seqs: Sequence[int]) -> int:
+        """Remove these messages (those still present); returns how many were removed."""
+        wanted = list(seqs)
+        return await self.write(lambda txn: txn.remove(wanted))
+
+    async def index_page(
+        self, prefix: str, horizon: int, after: tuple[str, int], limit: int
+    ) -> list[tuple[int, str, int, Headers]]:
+        """(seq, subject, ts_ms, headers) of up to ``limit`` messages whose subject starts with
+        ``prefix`` and whose seq is at most ``horizon``, ordered by (subject, seq) and strictly
+        after ``after`` (subject, seq); payloads are not loaded."""
+        rows = await self.select(
+            "SELECT seq, subject, ts_ms, headers FROM messages "
+            "WHERE subject >= ? AND subject < ? AND seq <= ? AND (subject, seq) > (?, ?) "
+            "ORDER BY subject, seq LIMIT ?",
+            (prefix, prefix_end(prefix), horizon, after[0], after[1], limit),
+        )
+        page = []
+        for seq, subject, ts, headers in rows:
+            pairs = tuple((str(k), str(v)) for k, v in json.loads(headers)) if headers else ()
+            page.append((int(seq), str(subject), int(ts), pairs))
+        return page
+
+    # ---- transfer
+
+    def queued_publishes(self) -> int:
+        """Publishes waiting for the next group commit (a stream transfer is refused while any
+        are). A publish already inside a commit is not counted: closing the store finishes it,
+        so it is in the file that is transferred."""
+        return sum(1 for item in self._queue if isinstance(item, _Publish) and not item.future.done())
 
 
 async def _read_meta(db: aiosqlite.Connection, key: str) -> str | None:

@@ -138,6 +138,16 @@ class LocalAuthority(_Cached):
             self._apply(stream, 0, epoch)
             return True
 
+    async def merge(self, stream: str, claimant: int, epoch: int) -> bool:
+        """Take an override another node wrote (without NATS each node keeps its own store) if it
+        is newer than anything this node has for ``stream``."""
+        async with self._lock:
+            if not claimant or self._epochs.get(stream, 0) >= epoch:
+                return False
+            await self._write(stream, claimant, epoch)
+            self._apply(stream, claimant, epoch)
+            return True
+
     async def _write(self, stream: str, claimant: int, epoch: int) -> None:
         await self.db.execute(
             "INSERT INTO authority (stream, claimant, fence_epoch) VALUES (?, ?, ?) ON CONFLICT (stream) "

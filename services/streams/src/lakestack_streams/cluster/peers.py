@@ -72,6 +72,15 @@ class Peers:
             raise ValueError("a node does not call itself through the cluster")
         return waymaker_streams_pb2_grpc.WaymakerStreamsServiceStub(self.channel(node_id))
 
+    def reset(self, node_id: int) -> None:
+        """Drop the channel to a peer that was down: it may sit in gRPC's reconnect backoff (up to
+        minutes); the next call opens a fresh one."""
+        channel = self._channels.get(node_id)
+        if channel is not None and channel.get_state() == grpc.ChannelConnectivity.TRANSIENT_FAILURE:
+            del self._channels[node_id]
+            task = asyncio.create_task(channel.close())
+            task.add_done_callback(lambda t: t.exception() if not t.cancelled() else None)
+
     async def close(self) -> None:
         channels, self._channels = list(self._channels.values()), {}
         for channel in channels:

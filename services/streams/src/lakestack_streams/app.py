@@ -1,5 +1,8 @@
 """Composition root of the streams service: settings -> storage -> handlers -> server."""
 
+from types import ModuleType
+from typing import cast
+
 from lakestack_common.entrypoint import run_service
 from lakestack_common.server import Service, Servicer
 from lakestack_protos.waymaker.streams import (
@@ -11,9 +14,10 @@ from lakestack_protos.waymaker.streams import (
     waymaker_streams_pb2_grpc,
 )
 from lakestack_streams.cluster.node import ClusterNode
-from lakestack_streams.cluster.routing import COLLECTIONS_ROUTES, KV_ROUTES, STREAMS_ROUTES, Router
+from lakestack_streams.cluster.routing import COLLECTIONS_ROUTES, KV_ROUTES, STREAMS_ROUTES, KeyOf, Router
 from lakestack_streams.collection_stores import Collections
 from lakestack_streams.kv import KeyValue
+from lakestack_streams.nats_backend import NatsRegistry
 from lakestack_streams.objects import ObjectStore
 from lakestack_streams.registry import StreamRegistry
 from lakestack_streams.server import CollectionsHandlers, KvHandlers, StreamsHandlers
@@ -23,15 +27,23 @@ from lakestack_streams.settings import StreamsSettings
 UNARY_ENVELOPE_BYTES = 64 * 1024
 
 
+def _registry(settings: StreamsSettings) -> StreamRegistry:
+    if settings.backend == "nats":
+        # Duck-typed: NatsRegistry offers the StreamRegistry API that KV, collections, objects and
+        # the handlers use (docs/streams-nats.md lists what it cannot do).
+        return cast(StreamRegistry, NatsRegistry(settings.nats_url, replicas=settings.nats_replicas))
+    return StreamRegistry(
+        settings.data_dir, settings.retention_sweep_interval_s, source_retry_s=settings.source_retry_s
+    )
+
+
 class StreamsService(Service):
     name = "streams"
     settings: StreamsSettings
 
-    def __init__(self, settings: StreamsSettings) -> None:
+    def __init__(self, settings: StreamsSettings, registry: StreamRegistry | None = None) -> None:
         super().__init__(settings)
-        self.registry = StreamRegistry(
-            settings.data_dir, settings.retention_sweep_interval_s, source_retry_s=settings.source_retry_s
-        )
+        self.registry = registry if registry is not None else _registry(settings)
         self.kv = KeyValue(self.registry)
         self.collections = Collections(self.registry)
         self.objects = ObjectStore(
@@ -51,12 +63,12 @@ class StreamsService(Service):
         await self.cluster.stop()
         await self.registry.close()
 
-    def _routed(self, pb2: object, service: str, handlers: object, routes: dict[str, object]) -> object:
+    def _routed(self, pb2: ModuleType, service: str, handlers: object, routes: dict[str, KeyOf]) -> object:
         """Per-stream RPCs of a clustered node go to the stream's owner."""
         if not self.cluster.membership.clustered:
             return handlers
-        descriptor = pb2.DESCRIPTOR.services_by_name[service]  # type: ignore[attr-defined]
-        return Router(handlers, descriptor, routes, self.cluster.membership, self.cluster.peers)  # type: ignore[arg-type]
+        descriptor = pb2.DESCRIPTOR.services_by_name[service]
+        return Router(handlers, descriptor, routes, self.cluster.membership, self.cluster.peers)
 
     def servicers(self) -> list[Servicer]:
         streams = StreamsHandlers(self.registry, self.cluster, self.objects)

@@ -1,7 +1,7 @@
 import json
 from typing import Annotated, ClassVar, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import NoDecode
 
 from lakestack_common.config import ServiceSettings
@@ -44,6 +44,18 @@ class StreamsSettings(ServiceSettings):
     backend: Literal["embedded", "nats"] = "embedded"
     # JetStream replicas of the streams and buckets the service creates in NATS (1..5).
     nats_replicas: int = Field(1, ge=1, le=5)
+
+    @model_validator(mode="after")
+    def _backend(self) -> "StreamsSettings":
+        if self.backend == "nats":
+            if not self.nats_url:
+                raise ValueError("backend=nats needs nats_url (LAKESTACK_STREAMS_NATS_URL)")
+            if self.cluster_members or self.replication_factor > 1:
+                raise ValueError(
+                    "backend=nats keeps every stream in JetStream, so any instance serves any stream: "
+                    "run instances without cluster_members / replication_factor and set nats_replicas"
+                )
+        return self
 
     @field_validator("cluster_members", mode="before")
     @classmethod

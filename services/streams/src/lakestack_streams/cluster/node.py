@@ -14,6 +14,7 @@ from lakestack_streams.cluster.peers import Peers, unreachable
 from lakestack_streams.cluster.rebalance import Rebalancer
 from lakestack_streams.cluster.remote_source import RemoteSources
 from lakestack_streams.cluster.replication import Replication
+from lakestack_streams.errors import Unsupported
 from lakestack_streams.registry import StreamRegistry
 from lakestack_streams.settings import StreamsSettings
 
@@ -23,6 +24,10 @@ log = logging.getLogger("lakestack.streams.cluster")
 def _token(settings: StreamsSettings) -> str | None:
     # Members call each other with the first token that may call anything.
     return next((t for t, allowed in settings.auth_tokens.items() if "*" in allowed), None)
+
+
+def _left_to_nats(what: str) -> Unsupported:
+    return Unsupported("nats", f"{what}; JetStream places and replicates streams itself (NATS_REPLICAS)")
 
 
 class ClusterNode:
@@ -45,12 +50,26 @@ class ClusterNode:
         self.membership.claimant = self._claimant
         self.remote_sources = RemoteSources(self)
         registry.remote_source = self.remote_sources.resolve
-        self.replication = Replication(self)
-        self.rebalancer = Rebalancer(self)
+        # Copies of the embedded engine's files; the NATS backend leaves both to JetStream.
+        self.embedded = settings.backend == "embedded"
+        self._replication = Replication(self) if self.embedded else None
+        self._rebalancer = Rebalancer(self) if self.embedded else None
 
     @property
     def node_id(self) -> int:
         return self.membership.node_id
+
+    @property
+    def replication(self) -> Replication:
+        if self._replication is None:
+            raise _left_to_nats("replication between streams nodes")
+        return self._replication
+
+    @property
+    def rebalancer(self) -> Rebalancer:
+        if self._rebalancer is None:
+            raise _left_to_nats("transfer, migration and rebalancing between streams nodes")
+        return self._rebalancer
 
     def _claimant(self, stream: str) -> int | None:
         override = self.authority.override(stream)
@@ -59,12 +78,14 @@ class ClusterNode:
     async def start(self) -> None:
         """After the registry opened its streams and before the server answers."""
         await self.authority.open()
-        await self.replication.start()
-        await self.rebalancer.start()
+        if self._replication is not None and self._rebalancer is not None:
+            await self._replication.start()
+            await self._rebalancer.start()
 
     async def stop(self) -> None:
-        await self.rebalancer.stop()
-        await self.replication.stop()
+        if self._replication is not None and self._rebalancer is not None:
+            await self._rebalancer.stop()
+            await self._replication.stop()
         await self.remote_sources.close()
         await self.peers.close()
         await self.authority.close()

@@ -50,16 +50,8 @@ CONTRACTS: dict[str, dict[str, int]] = {
 # RPCs that later issues have built (tested with their service); everything else must answer
 # UNIMPLEMENTED.
 ALL: set[str] = set()
-# Everything of WaymakerKvService and WaymakerCollectionsService is built.
 BUILT: dict[str, set[str]] = {
-    "waymaker.streams.WaymakerStreamsService": {
-        "CreateStream", "DeleteStream", "GetStreamInfo", "ListStreams", "UpdateStream", "Publish",
-        "ReadLatestAtSubject", "ListSubjectsByPrefix", "ScanExactAtSubject",
-        "CreateConsumer", "DeleteConsumer", "ListConsumers", "GetConsumerInfo",
-        "Fetch", "Ack", "Nak", "Term", "InProgress", "Subscribe", "WatchStreams", "GetStreamSources",
-        "PutObject", "GetObject", "DeleteObject", "GetObjectInfo", "ListObjects", "PutObjectStream",
-        "GetObjectStream", "ListObjectRevisions", "GetObjectRange",
-    },
+    "waymaker.streams.WaymakerStreamsService": ALL,
     "waymaker.streams.WaymakerKvService": ALL,
     "waymaker.streams.WaymakerCollectionsService": ALL,
     "core.RPCClient": ALL,

@@ -32,6 +32,38 @@ log = logging.getLogger("lakestack.streams")
 MUTABLE_FIELDS = ("max_age_ms", "max_msgs", "max_bytes", "max_msg_bytes", "strict_limits")
 
 
+def updated_config(config: StreamConfig, changes: dict[str, Any]) -> StreamConfig:
+    """UpdateStream's partial update: only MUTABLE_FIELDS may change."""
+    unknown = set(changes) - set(MUTABLE_FIELDS)
+    if unknown:
+        raise InvalidConfig(f"not updatable: {sorted(unknown)}")
+    return replace(config, **changes).validated()
+
+
+def check_publish(
+    stream: str, config: StreamConfig, subjects: SubjectFilter, request: PublishRequest
+) -> None:
+    """What Publish refuses before storing anything, on either backend."""
+    try:
+        validate_subject(request.subject)
+    except SubjectError as exc:
+        raise SubjectRejected(str(exc)) from exc
+    if not subjects.accepts(request.subject):
+        raise SubjectRejected(
+            f"subject {request.subject!r} does not match the subjects of stream {stream!r}: "
+            f"{list(config.subjects_filter)}"
+        )
+    limit = config.max_msg_bytes
+    if limit and len(request.payload) > limit:
+        raise Oversize(f"payload of {len(request.payload)} bytes exceeds max_msg_bytes {limit} of {stream!r}")
+    if config.max_bytes and (size := request.size) > config.max_bytes:
+        # Storing it would evict it at once (and everything else): refuse instead of acking a loss.
+        raise Oversize(
+            f"message of {size} bytes (subject + headers + payload) exceeds max_bytes "
+            f"{config.max_bytes} of {stream!r}"
+        )
+
+
 class StreamObserver:
     """Cluster hook (replication, cluster/replication.py): told of this node's stream lifecycle
     changes. The defaults do nothing (one node, or replication_factor 1)."""
@@ -203,11 +235,8 @@ class StreamRegistry:
 
     async def update(self, name: str, changes: dict[str, Any]) -> tuple[StreamConfig, int]:
         """Apply a partial update of the mutable fields; returns (new config, messages pruned)."""
-        unknown = set(changes) - set(MUTABLE_FIELDS)
-        if unknown:
-            raise InvalidConfig(f"not updatable: {sorted(unknown)}")
         store = self.get(name)
-        config = replace(store.config, **changes).validated()
+        config = updated_config(store.config, changes)
         pruned = await store.update_config(config)
         self.observer.updated(name, changes)  # cluster hook
         self.events.emit("stream_updated", name)
@@ -217,26 +246,7 @@ class StreamRegistry:
 
     async def publish(self, stream: str, request: PublishRequest) -> int:
         store = self.get(stream)
-        try:
-            validate_subject(request.subject)
-        except SubjectError as exc:
-            raise SubjectRejected(str(exc)) from exc
-        if not self._filters[stream].accepts(request.subject):
-            raise SubjectRejected(
-                f"subject {request.subject!r} does not match the subjects of stream {stream!r}: "
-                f"{list(store.config.subjects_filter)}"
-            )
-        limit = store.config.max_msg_bytes
-        if limit and len(request.payload) > limit:
-            raise Oversize(
-                f"payload of {len(request.payload)} bytes exceeds max_msg_bytes {limit} of {stream!r}"
-            )
-        if store.config.max_bytes and (size := request.size) > store.config.max_bytes:
-            # Storing it would evict it at once (and everything else): refuse instead of acking a loss.
-            raise Oversize(
-                f"message of {size} bytes (subject + headers + payload) exceeds max_bytes "
-                f"{store.config.max_bytes} of {stream!r}"
-            )
+        check_publish(stream, store.config, self._filters[stream], request)
         seq = await store.publish(request)
         await self.observer.published(stream, seq)  # cluster hook: the replicas have it too
         return seq

@@ -14,16 +14,13 @@ import contextlib
 import logging
 import re
 import uuid
-from dataclasses import replace
 from typing import Any
 
 from lakestack_streams.errors import (
     InvalidConfig,
     NoSuchStream,
-    Oversize,
     StreamExists,
     StreamsError,
-    SubjectRejected,
 )
 from lakestack_streams.events import EventHub
 from lakestack_streams.model import PublishRequest, StreamConfig
@@ -36,13 +33,12 @@ from lakestack_streams.nats_backend.jetstream import (
     Names,
 )
 from lakestack_streams.nats_backend.stream import NatsStream, json_config, nats_config
+from lakestack_streams.registry import check_publish, updated_config
 from lakestack_streams.sources import SourceStatus
-from lakestack_streams.subjects import SubjectError, SubjectFilter, validate_subject
+from lakestack_streams.subjects import SubjectFilter
 
 log = logging.getLogger("lakestack.streams.nats")
 
-# UpdateStream may change only these (as on the embedded engine).
-MUTABLE_FIELDS = ("max_age_ms", "max_msgs", "max_bytes", "max_msg_bytes", "strict_limits")
 NAMESPACE = re.compile(r"^[A-Za-z0-9-]{1,32}$")
 
 
@@ -278,11 +274,8 @@ class NatsRegistry:
 
     async def update(self, name: str, changes: dict[str, Any]) -> tuple[StreamConfig, int]:
         """Apply a partial update of the mutable fields; returns (new config, messages pruned)."""
-        unknown = set(changes) - set(MUTABLE_FIELDS)
-        if unknown:
-            raise InvalidConfig(f"not updatable: {sorted(unknown)}")
         adapter = self.get(name)
-        config = replace(adapter.config, **changes).validated()
+        config = updated_config(adapter.config, changes)
         pruned = await adapter.update_config(config, self.replicas)
         self.events.emit("stream_updated", name)
         return config, pruned
@@ -291,25 +284,7 @@ class NatsRegistry:
 
     async def publish(self, stream: str, request: PublishRequest) -> int:
         adapter = self.get(stream)
-        try:
-            validate_subject(request.subject)
-        except SubjectError as exc:
-            raise SubjectRejected(str(exc)) from exc
-        if not self._filters[stream].accepts(request.subject):
-            raise SubjectRejected(
-                f"subject {request.subject!r} does not match the subjects of stream {stream!r}: "
-                f"{list(adapter.config.subjects_filter)}"
-            )
-        limit = adapter.config.max_msg_bytes
-        if limit and len(request.payload) > limit:
-            raise Oversize(
-                f"payload of {len(request.payload)} bytes exceeds max_msg_bytes {limit} of {stream!r}"
-            )
-        if adapter.config.max_bytes and (size := request.size) > adapter.config.max_bytes:
-            raise Oversize(
-                f"message of {size} bytes (subject + headers + payload) exceeds max_bytes "
-                f"{adapter.config.max_bytes} of {stream!r}"
-            )
+        check_publish(stream, adapter.config, self._filters[stream], request)
         try:
             return await adapter.append(request, uuid.uuid4().hex)
         except JsError as exc:

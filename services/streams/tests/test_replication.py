@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import sqlite3
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +16,7 @@ from lakestack_protos.waymaker.streams import waymaker_streams_pb2 as pb
 from lakestack_streams.cluster.membership import Membership
 
 from .cluster_harness import StreamsCluster, streams_cluster
+from .polling import eventually
 
 
 def dump(path: Path) -> dict[str, Any]:
@@ -47,12 +47,6 @@ def dump(path: Path) -> dict[str, Any]:
         "pending": pending,
         "config": config,
     }
-
-
-async def until(condition: Callable[[], bool], timeout_s: float) -> None:
-    async with asyncio.timeout(timeout_s):
-        while not condition():  # noqa: ASYNC110 - polled state, not an event
-            await asyncio.sleep(0.02)
 
 
 def holders(cluster: StreamsCluster, name: str) -> list[int]:
@@ -383,10 +377,10 @@ async def test_failover_keeps_every_acknowledged_publish(tmp_path: Path) -> None
                         await asyncio.sleep(0.05)
 
             workers = [asyncio.create_task(load(w)) for w in range(4)]
-            await until(lambda: len(acked) >= 300, 60)
+            await eventually(lambda: len(acked) >= 300, "300 acks", timeout_s=60)
             cluster.kill(primary)
             before_kill = len(acked)
-            await until(lambda: len(acked) >= before_kill + 200, 90)  # failover; publishes resume
+            await eventually(lambda: len(acked) >= before_kill + 200, "failover", timeout_s=90)
             stop.set()
             await asyncio.gather(*workers)
 
@@ -427,3 +421,18 @@ async def test_failover_keeps_every_acknowledged_publish(tmp_path: Path) -> None
             assert not (redelivered & acked_by_consumer)
             assert redelivered <= in_flight
             assert set(range(41, last + 1)) & set(stored) <= seen
+
+        # The old primary returns: it learns who serves the stream now before it answers, keeps
+        # its copy only as a replica, and serves the stream through the new primary.
+        await cluster.start(primary)
+        assert not primary_file(cluster, primary, name).exists()
+        async with cluster.client(primary) as returned:
+            info = await returned.streams.GetStreamInfo(pb.GetStreamInfoRequest(name=name))
+            assert info.success and info.stats.last_seq == last
+            seq = await publish(returned, name, "o.x", b"after the return", 0)
+            assert seq == last + 1
+        async with cluster.client(entry) as client:
+            got = await client.streams.ScanExactAtSubject(
+                pb.ScanExactAtSubjectRequest(stream=name, subject="o.x", from_seq=seq, limit=1)
+            )
+            assert [m.payload for m in got.messages] == [b"after the return"]

@@ -87,6 +87,11 @@ class ServiceSettings(BaseSettings):
     # Bearer-token auth: token -> list of allowed method patterns (fnmatch on the full method
     # path, e.g. "/teckel.v1.TeckelService/Get*" or "*"). Empty = auth disabled.
     auth_tokens: dict[str, list[str]] = Field(default_factory=dict)
+    # Platform events (docs/events.md), published to the streams service at
+    # LAKESTACK_STREAMS_ADDRESS when that is set; events_token if streams requires a token.
+    events_enabled: bool = True
+    events_buffer: int = Field(10_000, ge=1)
+    events_token: str | None = None
 
     @model_validator(mode="before")
     @classmethod

@@ -26,6 +26,7 @@ from grpc_reflection.v1alpha import reflection, reflection_pb2
 
 from lakestack_common.config import ServiceSettings
 from lakestack_common.interceptors import BearerAuth, CallWrapper
+from lakestack_common.platform_events import publisher_for
 
 log = logging.getLogger("lakestack.server")
 
@@ -72,6 +73,13 @@ class Service:
 
     def __init__(self, settings: ServiceSettings) -> None:
         self.settings = settings
+        # Started after start() and closed after stop() by the server.
+        self.events = publisher_for(
+            settings.service.name.replace("_", "-"),
+            settings.events_enabled,
+            token=settings.events_token,
+            buffer=settings.events_buffer,
+        )
 
     def servicers(self) -> Sequence[Servicer]:
         raise NotImplementedError
@@ -222,6 +230,7 @@ class GrpcServer:
             await self._server.stop(0)
             raise
         self._ready = True
+        await self.service.events.start()
         await self._set_health(health_pb2.HealthCheckResponse.SERVING)
         log.info(
             "%s serving on %s:%d",
@@ -247,6 +256,7 @@ class GrpcServer:
         self._ready = False
         self._server = None
         await self.service.stop()
+        await self.service.events.close()
         log.info("%s stopped", self.service.name)
 
     async def wait_for_termination(self) -> None:

@@ -181,6 +181,24 @@ class FakeTools:
         self.calls.append(("stop_pipeline", {"pipeline_id": pipeline_id}))
         return {"success": True, "pipeline_id": pipeline_id, "status": "stopped", "rows_processed": 1200}
 
+    async def list_jobs(self, status: str = "", limit: int = 20) -> dict[str, Any]:
+        self.calls.append(("list_jobs", {"status": status, "limit": limit}))
+        return {"success": True, "jobs": [], "total": 0, "counts": {}}
+
+    async def submit_job(
+        self, yaml: str = "", path: str = "", variables: dict[str, str] | None = None
+    ) -> dict[str, Any]:
+        self.calls.append(("submit_job", {"yaml": yaml, "path": path, "variables": variables}))
+        return {"success": True, "job_id": "j-1", "status": "queued"}
+
+    async def get_job(self, job_id: str) -> dict[str, Any]:
+        self.calls.append(("get_job", {"job_id": job_id}))
+        return {"success": False, "error": f"teckel-jobs at 127.0.0.1:1 answered NOT_FOUND: job {job_id}"}
+
+    async def stream_lag(self, stream: str = "", consumer: str = "") -> dict[str, Any]:
+        self.calls.append(("stream_lag", {"stream": stream, "consumer": consumer}))
+        return {"success": True, "consumers": [], "total_lag": 0}
+
     def names(self) -> list[str]:
         return [name for name, _ in self.calls]
 
@@ -217,7 +235,7 @@ def test_tool_schemas_are_openai_function_definitions() -> None:
     assert names == [
         "list_tables", "get_schema", "get_table_health", "compact_table", "expire_snapshots",
         "remove_orphan_files", "add_column", "rename_column", "drop_column", "list_pipelines",
-        "start_pipeline", "stop_pipeline",
+        "start_pipeline", "stop_pipeline", "list_jobs", "submit_job", "get_job", "stream_lag",
     ]  # fmt: skip
     for schema in schemas:
         assert schema["type"] == "function"
@@ -228,6 +246,8 @@ def test_tool_schemas_are_openai_function_definitions() -> None:
     assert {n for n, spec in TOOLS.items() if spec.mutating({"dry_run": False})} == MUTATING_TOOLS
     assert not TOOLS["remove_orphan_files"].mutating({"table": "db.t"})  # dry run by default
     assert not TOOLS["get_table_health"].mutating({"table": "db.t"})
+    assert TOOLS["submit_job"].mutating({"path": "job.yaml"})  # a job writes its outputs
+    assert not any(TOOLS[n].mutating({}) for n in ("list_jobs", "get_job", "stream_lag"))
 
 
 def test_validate_arguments() -> None:
@@ -304,6 +324,32 @@ def test_validate_arguments() -> None:
             "start pipeline from stream orders into db.orders",
             ("start_pipeline", {"spec": {"source_stream": "orders", "sink_table": "db.orders"}}),
         ),
+        ("list jobs", ("list_jobs", {})),
+        ("jobs", ("list_jobs", {})),
+        ("show me the failed teckel jobs", ("list_jobs", {"status": "failed"})),
+        ("which jobs are still running?", ("list_jobs", {"status": "running"})),
+        ("list canceled jobs", ("list_jobs", {"status": "cancelled"})),
+        ("status of job 6f1c-42", ("get_job", {"job_id": "6f1c-42"})),
+        ("is job 6f1c-42 done?", ("get_job", {"job_id": "6f1c-42"})),
+        ("submit job jobs/daily.yaml", ("submit_job", {"path": "jobs/daily.yaml"})),
+        (
+            "run the teckel job from file /srv/j.yml with DAY=2024-05-01, N='3'",
+            ("submit_job", {"path": "/srv/j.yml", "variables": {"DAY": "2024-05-01", "N": "3"}}),
+        ),
+        ("submit job:\nversion: '3.0'\ninput: []\n", ("submit_job", {"yaml": "version: '3.0'\ninput: []\n"})),
+        (
+            "submit this job ```yaml\nversion: '3.0'\n```",
+            ("submit_job", {"yaml": "version: '3.0'\n"}),
+        ),
+        ("stream lag", ("stream_lag", {})),
+        ("what is the lag of the pipelines?", ("stream_lag", {})),
+        ("stream lag for orders", ("stream_lag", {"stream": "orders"})),
+        ("how far behind is stream orders", ("stream_lag", {"stream": "orders"})),
+        (
+            "lag of consumer audit on stream orders",
+            ("stream_lag", {"consumer": "audit", "stream": "orders"}),
+        ),
+        ("list tables in namespace jobs", ("list_tables", {"namespace": "jobs"})),
     ],
 )
 def test_interpret_rules(prompt: str, expected: tuple[str, dict[str, Any]]) -> None:
@@ -318,6 +364,7 @@ def test_interpret_check_all_and_help() -> None:
     assert interpret("check all tables in analytics", NOW) == LocalIntent("check_all", namespace="analytics")
     assert interpret("write me a poem", NOW).kind == "help"
     assert interpret("rename table db.a to db.b", NOW).kind == "help"  # not supported: no guessing
+    assert interpret("submit job", NOW).kind == "help"  # which job?
 
 
 def test_affirmations() -> None:
@@ -405,6 +452,26 @@ async def test_local_tool_failure_is_reported(agent: Agent) -> None:
     [call] = response.tool_calls
     assert not call.success and call.error == "table db.nope not found"
     assert response.text == "Could not check the health of db.nope: table db.nope not found"
+
+
+async def test_local_submit_job_waits_for_yes_and_never_runs_in_a_dry_run(
+    agent: Agent, fake: FakeTools
+) -> None:
+    dry = await agent.chat(AgentRequest(prompt="submit job jobs/daily.yaml", dry_run=True))
+    assert (
+        fake.calls == []
+        and dry.text == "Dry run: I would submit the teckel job in jobs/daily.yaml. Nothing was changed."
+    )
+    asked = await agent.chat(AgentRequest(prompt="submit job jobs/daily.yaml with DAY=1"))
+    assert fake.calls == [] and asked.text.endswith("Reply 'yes' to confirm.")
+    done = await agent.chat(AgentRequest(prompt="yes", session_id=asked.session_id))
+    assert fake.calls == [("submit_job", {"yaml": "", "path": "jobs/daily.yaml", "variables": {"DAY": "1"}})]
+    assert done.text == "Submitted: job j-1 is queued. Ask 'status of job j-1' to follow it."
+    missing = await agent.chat(AgentRequest(prompt="status of job j-2"))
+    assert (
+        missing.text
+        == "Could not get the status of job j-2: teckel-jobs at 127.0.0.1:1 answered NOT_FOUND: job j-2"
+    )
 
 
 async def test_local_compact_needs_confirmation_then_runs_on_yes(agent: Agent, fake: FakeTools) -> None:

@@ -1,4 +1,5 @@
-"""The lakehouse agent: a plain-language request -> tool calls on the lakehouse -> an answer.
+"""The lakehouse agent: a plain-language request -> tool calls on the lakehouse (and on the
+teckel-jobs and streams services it manages) -> an answer.
 
 Two kinds of provider answer a request:
 
@@ -101,6 +102,28 @@ class LakehouseTools(Protocol):
         ...
 
     async def stop_pipeline(self, pipeline_id: str) -> JsonDict: ...
+
+    # ---- other services (teckel-jobs, streams): an unreachable one is a failed result
+    # ({"success": False, "error": "teckel-jobs at <address> is unreachable: ..."}).
+
+    async def list_jobs(self, status: str = "", limit: int = 20) -> JsonDict:
+        """``{"jobs": [JobResponse fields...], "total": n, "counts": {status: n}}``, newest first."""
+        ...
+
+    async def submit_job(
+        self, yaml: str = "", path: str = "", variables: dict[str, str] | None = None
+    ) -> JsonDict:
+        """The pipeline document as text, or the path of a .yaml/.yml file; ``{"job_id", "status"}``."""
+        ...
+
+    async def get_job(self, job_id: str) -> JsonDict:
+        """``{"job": {JobResponse fields}}``."""
+        ...
+
+    async def stream_lag(self, stream: str = "", consumer: str = "") -> JsonDict:
+        """``{"consumers": [{"stream", "consumer", "lag", "pending", "ack_pending", ...}], "total_lag"}``
+        for one consumer, every consumer of ``stream``, or (neither given) every stream pipeline."""
+        ...
 
 
 @dataclass(frozen=True)
@@ -216,6 +239,30 @@ def _describe_start(a: JsonDict) -> str:
         f"stream {spec['source_stream']}" if spec.get("source_stream") else "(no source)"
     )
     return f"start a pipeline from {source} into {spec.get('sink_table')}"
+
+
+JOB_STATUSES = ["queued", "running", "completed", "failed", "cancelled"]
+
+
+def _describe_list_jobs(a: JsonDict) -> str:
+    return f"list the {a['status']} teckel jobs" if a.get("status") else "list the teckel jobs"
+
+
+def _describe_submit(a: JsonDict) -> str:
+    if a.get("path"):
+        return f"submit the teckel job in {a['path']}"
+    lines = len(str(a.get("yaml", "")).strip().splitlines())
+    return f"submit a teckel job ({lines} line{'s' if lines != 1 else ''} of YAML)"
+
+
+def _describe_lag(a: JsonDict) -> str:
+    if a.get("stream") and a.get("consumer"):
+        return f"report the lag of consumer {a['consumer']} on stream {a['stream']}"
+    if a.get("stream"):
+        return f"report the lag of every consumer of stream {a['stream']}"
+    if a.get("consumer"):
+        return f"report the lag of consumer {a['consumer']}"
+    return "report the stream lag of every pipeline"
 
 
 def _never(_: JsonDict) -> bool:
@@ -385,6 +432,67 @@ _TOOL_LIST = [
         lambda a: f"stop pipeline {a.get('pipeline_id')}",
         _always,
     ),
+    ToolSpec(
+        "list_jobs",
+        "List the teckel jobs (YAML data pipelines run by the teckel-jobs service), newest first, with "
+        "their status, times and errors.",
+        _obj(
+            {
+                "status": _str("Only jobs in this status.", enum=JOB_STATUSES),
+                "limit": {"type": "integer", "minimum": 1, "description": "At most this many (default 20)."},
+            }
+        ),
+        lambda t, a: t.list_jobs(status=a.get("status", ""), limit=a.get("limit", 20)),
+        _describe_list_jobs,
+        _never,
+    ),
+    ToolSpec(
+        "submit_job",
+        "Submit a teckel pipeline (a YAML document: version, input, transformation, output) to the "
+        "teckel-jobs service, which runs it asynchronously; returns the job id. Give the document as "
+        "`yaml`, or `path`: a .yaml/.yml file on the lakehouse server. Mutating: needs the user's "
+        "confirmation.",
+        _obj(
+            {
+                "yaml": _str("The pipeline document (YAML text)."),
+                "path": _str("Path of a .yaml or .yml file holding the document (instead of yaml)."),
+                "variables": {
+                    "type": "object",
+                    "additionalProperties": {"type": "string"},
+                    "description": "Values of the document's ${NAME} variables.",
+                },
+            }
+        ),
+        lambda t, a: t.submit_job(
+            yaml=a.get("yaml", ""), path=a.get("path", ""), variables=a.get("variables")
+        ),
+        _describe_submit,
+        _always,
+    ),
+    ToolSpec(
+        "get_job",
+        "Get one teckel job's status (queued, running, completed, failed, cancelled), times and error.",
+        _obj({"job_id": _str("The job id SubmitJob returned.", minLength=1)}, ["job_id"]),
+        lambda t, a: t.get_job(job_id=a["job_id"]),
+        lambda a: f"get the status of job {a.get('job_id')}",
+        _never,
+    ),
+    ToolSpec(
+        "stream_lag",
+        "Report how far durable consumers are behind a stream of the streams service: one consumer "
+        "(stream and consumer), every consumer of a stream (stream only), or every stream pipeline's "
+        "consumer (no arguments). lag = messages after the consumer's ack floor, pending = not yet "
+        "delivered, ack_pending = delivered but not acknowledged.",
+        _obj(
+            {
+                "stream": _str("Stream name; omit for every pipeline's consumer."),
+                "consumer": _str("Durable consumer name; omit for every consumer of the stream."),
+            }
+        ),
+        lambda t, a: t.stream_lag(stream=a.get("stream", ""), consumer=a.get("consumer", "")),
+        _describe_lag,
+        _never,
+    ),
 ]
 
 TOOLS: dict[str, ToolSpec] = {spec.name: spec for spec in _TOOL_LIST}
@@ -400,9 +508,10 @@ MUTATING_TOOLS = frozenset(
         "drop_column",
         "start_pipeline",
         "stop_pipeline",
+        "submit_job",
     }
 )
-"""Tools that change tables or pipelines; they run only after the user confirms them."""
+"""Tools that change tables, pipelines or jobs; they run only after the user confirms them."""
 
 
 def openai_tools(allowed: Iterable[str] | None = None) -> list[JsonDict]:
@@ -794,6 +903,50 @@ _RULES_LIST_TABLES = [
     _rx(r"^tables\b"),
     _rx(r"\bwhat(?:'s| is)\s+in\s+(?:the\s+)?(?:catalog|lakehouse|warehouse)\b"),
 ]
+# Teckel jobs and stream lag. "submit job" reads the raw prompt: an inline YAML document keeps its lines.
+_RULES_SUBMIT_JOB = re.compile(
+    r"^\s*(?:please\s+)?(?:submit|run|launch)\s+(?:(?:a|an|the|this|new)\s+)*(?:teckel\s+)?job\b"
+    r"(?:[ \t]+(?:from|with|using|in))?(?:[ \t]+(?:the\s+)?(?:file|yaml|document)\b)?"
+    r"[ \t]*:?\s*(?P<body>.*)$",
+    re.IGNORECASE | re.DOTALL,
+)
+_RULES_FENCE = re.compile(r"```[\w-]*[ \t]*\n?(?P<body>.*?)\n?```", re.DOTALL)
+_RULES_JOB_VARIABLES = _rx(r"^(?P<path>\S+)\s+with\s+(?:(?:the\s+)?variables?\s+)?(?P<vars>\w+\s*=.*)$")
+_JOB_ID = r"[`'\"]?(?P<id>[\w.:-]+)[`'\"]?"
+_RULES_GET_JOB = [
+    _rx(
+        r"\b(?:status\s+of|state\s+of|get|show|check|describe|inspect|details\s+(?:of|for)|how\s+is|how's)"
+        r"\s+(?:the\s+)?(?:teckel\s+)?job\s+" + _JOB_ID
+    ),
+    _rx(r"\bjob\s+" + _JOB_ID + r"(?:'s)?\s+(?:status|state|details)\b"),
+    _rx(
+        r"\bis\s+(?:the\s+)?(?:teckel\s+)?job\s+"
+        + _JOB_ID
+        + r"\s+(?:done|finished|complete|completed|running)\b"
+    ),
+]
+_JOB_STATUS = r"(?P<status>queued|running|completed|failed|cancell?ed)"
+_RULES_LIST_JOBS = [
+    _rx(
+        r"\b(?:list|show|display|get|what|which|any)"
+        r"(?:\s+(?:me|all|the|my|recent|latest|current|teckel|are|is|there|of))*"
+        r"(?:\s+" + _JOB_STATUS + r")?(?:\s+teckel)?\s+jobs\b"
+    ),
+    _rx(r"^(?:(?:teckel|all)\s+)?jobs$"),
+]
+_RULES_JOBS_STATUS = _rx(
+    r"\bjobs\s+(?:that\s+)?(?:are\s+|have\s+|were\s+)?(?:still\s+)?" + _JOB_STATUS + r"\b"
+)
+_RULES_LAG = _rx(r"\b(?:lag|lagging|behind|backlog)\b")
+_RULES_LAG_CONSUMER = _rx(r"\bconsumer\s+(?!lag\b|of\b|for\b|on\b)[`'\"]?(?P<name>[\w.-]+)")
+_RULES_LAG_STREAM = _rx(r"\bstream\s+(?!lag\b|of\b|for\b|on\b)[`'\"]?(?P<name>[\w.-]+)")
+_RULES_LAG_FOR = _rx(
+    r"\b(?:lag|lagging|behind|backlog)\s+(?:for|of|on|in|at)\s+(?:the\s+)?[`'\"]?(?P<name>[\w.-]+)"
+)
+_NOT_STREAMS = {
+    *("all", "every", "each", "my", "our", "pipeline", "pipelines", "stream", "streams", "consumer"),
+    *("consumers", "it", "them", "this", "that"),
+}
 _NOT_TABLES = {
     *("the", "a", "an", "table", "tables", "all", "every", "each", "it", "this", "that", "my", "of", "for"),
     *("show", "list", "get", "what", "which", "check", "display", "me", "is", "are", "how", "its", "your"),
@@ -832,6 +985,37 @@ def _table(match: re.Match[str]) -> str | None:
     return None if name.lower() in _NOT_TABLES else name
 
 
+def _submit_arguments(body: str) -> JsonDict | None:
+    """``submit_job`` arguments from what follows "submit job": a path (optionally "with A=1, B=2")
+    or an inline YAML document (optionally in a ``` fence)."""
+    body = body.strip()
+    if fence := _RULES_FENCE.search(body):
+        body = fence.group("body").strip()
+    if not body:
+        return None
+    if "\n" in body or ": " in body or body.startswith("{"):
+        return {"yaml": body + "\n"}
+    args: JsonDict = {}
+    if m := _RULES_JOB_VARIABLES.match(body):
+        body = m.group("path")
+        pairs = re.findall(r"(\w+)\s*=\s*(\"[^\"]*\"|'[^']*'|[^\s,]+)", m.group("vars"))
+        args["variables"] = {k: v.strip("\"'") for k, v in pairs}
+    path = body.strip("`'\"").rstrip("?!.,")
+    return {"path": path, **args} if path else None
+
+
+def _lag_arguments(text: str) -> JsonDict:
+    args: JsonDict = {}
+    if m := _RULES_LAG_CONSUMER.search(text):
+        args["consumer"] = m.group("name")
+    stream = _RULES_LAG_STREAM.search(text) or _RULES_LAG_FOR.search(text)
+    if stream and stream.group("name").lower() not in _NOT_STREAMS:
+        args["stream"] = stream.group("name")
+    if args.get("consumer", "").lower() in _NOT_STREAMS:
+        del args["consumer"]
+    return args
+
+
 def interpret(prompt: str, now: datetime | None = None) -> LocalIntent:
     """The local provider's reading of a prompt (rules, no model)."""
     now = now or datetime.now(UTC)
@@ -841,6 +1025,10 @@ def interpret(prompt: str, now: datetime | None = None) -> LocalIntent:
 
     def one(name: str, args: JsonDict) -> LocalIntent:
         return LocalIntent("calls", ((name, args),))
+
+    if m := _RULES_SUBMIT_JOB.match(prompt):
+        submit = _submit_arguments(m.group("body"))
+        return one("submit_job", submit) if submit else LocalIntent("help")
 
     def namespace() -> str:
         m = _RULES_NAMESPACE.search(text) or _RULES_NAMESPACE_2.search(text)
@@ -854,6 +1042,20 @@ def interpret(prompt: str, now: datetime | None = None) -> LocalIntent:
     if m := _RULES_START_PIPELINE.search(text):
         source_key = "source_stream" if (m.group("kind") or "").lower() == "stream" else "source_table"
         return one("start_pipeline", {"spec": {source_key: m.group("src"), "sink_table": m.group("table")}})
+
+    for rule in _RULES_GET_JOB:
+        if m := rule.search(text):
+            return one("get_job", {"job_id": m.group("id")})
+    for rule in _RULES_LIST_JOBS:
+        if m := rule.search(text):
+            status = m.groupdict().get("status") or (
+                s.group("status") if (s := _RULES_JOBS_STATUS.search(text)) else ""
+            )
+            status = status.lower().replace("canceled", "cancelled")
+            return one("list_jobs", {"status": status} if status else {})
+    if _RULES_LAG.search(text):
+        return one("stream_lag", _lag_arguments(text))
+
     if any(r.search(text) for r in _RULES_LIST_PIPELINES):
         return one("list_pipelines", {})
 
@@ -935,7 +1137,10 @@ HELP_TEXT = """I can help with these requests (write table names as namespace.ta
 - "rename column <old> to <new> in <table>"
 - "drop column <name> from <table>"
 - "list pipelines", "start pipeline from <table> to <table>", "stop pipeline <id>"
-Changes to tables and pipelines are made only after you confirm them. For free-form questions, \
+- "list jobs", "list failed jobs", "status of job <id>" (teckel-jobs)
+- "submit job <path.yaml>" [with NAME=value, ...], or "submit job" followed by the YAML document
+- "stream lag" (every pipeline), "stream lag for <stream>", "lag of consumer <name> on stream <stream>"
+Changes to tables, pipelines and jobs are made only after you confirm them. For free-form questions, \
 use an LLM provider (e.g. provider "openai" or "ollama")."""
 
 _AFFIRMATION = re.compile(
@@ -1089,6 +1294,66 @@ def _summarize_pipelines(result: Mapping[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _job_line(job: Mapping[str, Any]) -> str:
+    status = str(job.get("status") or "?")
+    line = f"{job.get('id')}: {status}"
+    if job.get("created_at"):
+        line += f", submitted {job['created_at']}"
+    duration = job.get("duration_ms")
+    if isinstance(duration, int) and duration >= 0 and status in ("completed", "failed", "cancelled"):
+        line += f", took {duration / 1000:.1f} s"
+    if job.get("error"):
+        line += f", error: {job['error']}"
+    return line
+
+
+def _summarize_jobs(result: Mapping[str, Any], args: Mapping[str, Any]) -> str:
+    jobs = [j for j in result.get("jobs") or [] if isinstance(j, Mapping)]
+    which = f"{args['status']} " if args.get("status") else ""
+    total = int(result.get("total", len(jobs)) or 0)
+    if not jobs:
+        return f"No {which}teckel jobs."
+    shown = f" (the newest {len(jobs)})" if total > len(jobs) else ""
+    lines = [f"{total} {which}teckel job{'s' if total != 1 else ''}{shown}:"]
+    lines += [f"- {_job_line(j)}" for j in jobs]
+    counts = result.get("counts")
+    if isinstance(counts, Mapping) and counts and not args.get("status"):
+        lines.append("By status: " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())) + ".")
+    return "\n".join(lines)
+
+
+def _summarize_job(result: Mapping[str, Any]) -> str:
+    job = result.get("job") if isinstance(result.get("job"), Mapping) else result
+    assert isinstance(job, Mapping)
+    text = f"Job {_job_line(job)}."
+    if job.get("started_at") and job.get("status") == "running":
+        text += f" Running since {job['started_at']}."
+    return text
+
+
+def _summarize_lag(result: Mapping[str, Any], args: Mapping[str, Any]) -> str:
+    consumers = [c for c in result.get("consumers") or [] if isinstance(c, Mapping)]
+    if not consumers:
+        if args.get("stream"):
+            return f"Stream {args['stream']} has no durable consumers."
+        return "No stream pipelines (and so no consumers) to report on."
+    lines = []
+    for c in consumers:
+        who = f"{c.get('stream')}/{c.get('consumer')}"
+        if c.get("pipeline_id"):
+            who += f" (pipeline {c['pipeline_id']})"
+        if c.get("error"):
+            lines.append(f"- {who}: unknown: {c['error']}")
+            continue
+        lines.append(
+            f"- {who}: lag {c.get('lag', 0)} ({c.get('pending', 0)} not yet delivered, "
+            f"{c.get('ack_pending', 0)} awaiting ack), stream at seq {c.get('last_seq', 0)}"
+        )
+    total = result.get("total_lag", sum(int(c.get("lag") or 0) for c in consumers))
+    header = f"Stream lag: {total} message{'s' if total != 1 else ''} behind in all."
+    return "\n".join([header, *lines])
+
+
 def _details(result: Mapping[str, Any]) -> str:
     details: Any = result.get("details_json")
     if isinstance(details, str):
@@ -1121,6 +1386,18 @@ def summarize_result(name: str, args: Mapping[str, Any], result: Mapping[str, An
         return summarize_health(result)
     if name == "list_pipelines":
         return _summarize_pipelines(result)
+    if name == "list_jobs":
+        return _summarize_jobs(result, args)
+    if name == "get_job":
+        return _summarize_job(result)
+    if name == "stream_lag":
+        return _summarize_lag(result, args)
+    if name == "submit_job":
+        job_id = result.get("job_id")
+        return (
+            f"Submitted: job {job_id} is {result.get('status') or 'queued'}. "
+            f"Ask 'status of job {job_id}' to follow it."
+        )
     spec = TOOLS[name]
     text = f"Done: {spec.describe(dict(args))}."
     if name in ("start_pipeline", "stop_pipeline"):
@@ -1472,12 +1749,13 @@ class OpenAIClient:
 # ---------------------------------------------------------------------------------------------
 
 SYSTEM_PROMPT = """You are the Lakestack lakehouse agent. You manage Apache Iceberg tables and ingest \
-pipelines through the provided tools.
+pipelines, teckel jobs (YAML data pipelines on the teckel-jobs service) and stream consumer lag (on the \
+streams service) through the provided tools.
 - Use the tools to get facts; never invent table names, columns or figures. Table names are qualified: \
 namespace.table.
 - Changing tools (compaction, snapshot expiry, deleting orphan files, schema changes, starting or \
-stopping pipelines) need the user's confirmation: call the tool when the user asks for the change; \
-the system asks the user to confirm before it runs.
+stopping pipelines, submitting jobs) need the user's confirmation: call the tool when the user asks \
+for the change; the system asks the user to confirm before it runs.
 - Answer concisely and explain recommendations in plain words.
 Current time (UTC): {now}."""
 

@@ -6,12 +6,13 @@ from pathlib import Path
 
 from lakestack_common.entrypoint import run_service
 from lakestack_common.server import Service, Servicer
-from lakestack_common.topology import STREAMS
+from lakestack_common.topology import STREAMS, TECKEL_JOBS
 from lakestack_lakehouse import server as handlers
 from lakestack_lakehouse.agent import AgentConfig
 from lakestack_lakehouse.agent_tools import AgentProvider
 from lakestack_lakehouse.catalog import default_config
 from lakestack_lakehouse.core import Lakehouse, LakehouseConfig
+from lakestack_lakehouse.remote import RemoteServices
 from lakestack_lakehouse.settings import LakehouseSettings
 from lakestack_protos.lakehouse import lakehouse_pb2, lakehouse_pb2_grpc
 
@@ -23,13 +24,15 @@ class LakehouseService(Service):
     def __init__(self, settings: LakehouseSettings) -> None:
         super().__init__(settings)
         data_dir = Path(settings.data_dir)
+        streams_address = settings.streams_address or STREAMS.address()
         self.lakehouse = Lakehouse(
             LakehouseConfig(
                 data_dir=data_dir,
                 default_catalog=default_config(data_dir, settings.catalog_uri, settings.warehouse),
                 threads=settings.threads,
-                streams_address=settings.streams_address or STREAMS.address(),
-            )
+                streams_address=streams_address,
+            ),
+            emit=self.events.emit,
         )
 
         self.agents = AgentProvider(
@@ -39,6 +42,11 @@ class LakehouseService(Service):
                 default_model=settings.agent_model,
                 api_base=settings.agent_api_base or None,
                 api_key=settings.agent_api_key or None,
+            ),
+            RemoteServices(
+                settings.teckel_jobs_address or TECKEL_JOBS.address(),
+                streams_address,
+                settings.remote_timeout_s,
             ),
         )
 
@@ -61,6 +69,7 @@ class LakehouseService(Service):
         await self.lakehouse.open()
 
     async def stop(self) -> None:
+        await self.agents.close()
         await self.lakehouse.close()
 
 

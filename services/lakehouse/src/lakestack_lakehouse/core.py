@@ -26,6 +26,16 @@ from lakestack_lakehouse import health as health_ops
 from lakestack_lakehouse import schema as schema_ops
 from lakestack_lakehouse.catalog import CatalogConfig, Catalogs, open_catalog
 from lakestack_lakehouse.config_store import ConfigChange, ConfigStore, StoredConfig
+from lakestack_lakehouse.events import (
+    CONFIG_CHANGED,
+    ORPHANS_REMOVED,
+    SCHEMA_CHANGED,
+    SNAPSHOTS_EXPIRED,
+    TABLE_COMPACTED,
+    Emit,
+    discard,
+    guarded,
+)
 from lakestack_lakehouse.health import HealthReport
 from lakestack_lakehouse.pipelines import PipelineManager
 from lakestack_lakehouse.schema import Column
@@ -68,6 +78,8 @@ class OperationResult:
 @dataclass
 class Lakehouse:
     config: LakehouseConfig
+    # Platform events (docs/events.md): the service passes its EventPublisher's ``emit``.
+    emit: Emit = discard
     catalogs: Catalogs = field(init=False)
     store: ConfigStore = field(init=False)
     _pool: ThreadPoolExecutor = field(init=False)
@@ -78,12 +90,15 @@ class Lakehouse:
         self.store = ConfigStore(self.config.data_dir / "lakehouse.db", self.config.default_catalog)
         self._pool = ThreadPoolExecutor(self.config.threads, thread_name_prefix="lakehouse")
         self._locks = collections.defaultdict(asyncio.Lock)
+        self._emit = guarded(self.emit)
         self.pipelines = PipelineManager(
             self.config.data_dir / "pipelines.db",
             self.catalogs.load_table,
             self.catalogs.create_table,
             self.config.streams_address,
             self._pool,
+            emit=self._emit,
+            table_name=self._event_table_name,
         )
 
     async def open(self) -> None:
@@ -113,6 +128,12 @@ class Lakehouse:
     def table_key(self, name: str) -> str:
         return ".".join(self.catalogs.identifier(name))
 
+    def _event_table_name(self, name: str) -> str:
+        try:
+            return self.table_key(name)
+        except InvalidArgument:
+            return name
+
     async def schema(self, name: str) -> TableSchema:
         table = await self.load_table(name)
         return await self.run(_describe, table, self.table_key(name))
@@ -125,29 +146,65 @@ class Lakehouse:
         name: str,
         fn: Callable[..., dict[str, Any] | tuple[dict[str, Any], int | None]],
         *args: Any,
+        report: Callable[[OperationResult], None] | None = None,
     ) -> OperationResult:
+        """``fn(table, *args)`` on the pool under the table's lock; ``report`` (the platform
+        event) runs under the lock too, so a table's events come in the order of its changes."""
         key = self.table_key(name)
         async with self._locks[key]:
             table = await self.load_table(name)
             started = time.perf_counter()
             outcome = await self.run(fn, table, *args)
-        details, snapshot_id = outcome if isinstance(outcome, tuple) else (outcome, None)
-        return OperationResult(
-            operation, key, details, snapshot_id, int((time.perf_counter() - started) * 1000)
-        )
+            details, snapshot_id = outcome if isinstance(outcome, tuple) else (outcome, None)
+            result = OperationResult(
+                operation, key, details, snapshot_id, int((time.perf_counter() - started) * 1000)
+            )
+            if report is not None:
+                report(result)
+        return result
 
     async def add_column(
         self, name: str, column: str, type_text: str, after: str | None, comment: str | None, required: bool
     ) -> OperationResult:
         return await self.on_table(
-            "add_column", name, schema_ops.add_column, column, type_text, after, comment, required
+            "add_column",
+            name,
+            schema_ops.add_column,
+            column,
+            type_text,
+            after,
+            comment,
+            required,
+            report=lambda r: self._schema_changed(r, column=column, type=r.details.get("type")),
         )
 
     async def rename_column(self, name: str, old_name: str, new_name: str) -> OperationResult:
-        return await self.on_table("rename_column", name, schema_ops.rename_column, old_name, new_name)
+        return await self.on_table(
+            "rename_column",
+            name,
+            schema_ops.rename_column,
+            old_name,
+            new_name,
+            report=lambda r: self._schema_changed(r, column=old_name, new_name=new_name),
+        )
 
     async def drop_column(self, name: str, column: str) -> OperationResult:
-        return await self.on_table("drop_column", name, schema_ops.drop_column, column)
+        return await self.on_table(
+            "drop_column",
+            name,
+            schema_ops.drop_column,
+            column,
+            report=lambda r: self._schema_changed(r, column=column),
+        )
+
+    def _schema_changed(self, result: OperationResult, **data: Any) -> None:
+        self._emit(
+            SCHEMA_CHANGED,
+            table=result.table,
+            change=result.operation,
+            schema_id=result.details.get("schema_id"),
+            **data,
+        )
 
     # ---- health and maintenance
 
@@ -174,7 +231,18 @@ class Lakehouse:
             result = compaction.compact(table, strategy, options, sort_order, where, dry_run)
             return result.details, result.snapshot_id
 
-        return await self.on_table("compact", name, run)
+        def report(result: OperationResult) -> None:
+            if result.snapshot_id is not None:  # not a dry run, and something was rewritten
+                self._emit(
+                    TABLE_COMPACTED,
+                    table=result.table,
+                    strategy=result.details.get("strategy", strategy),
+                    files_before=result.details.get("rewritten_files", 0),
+                    files_after=result.details.get("added_files", 0),
+                    snapshot_id=result.snapshot_id,
+                )
+
+        return await self.on_table("compact", name, run, report=report)
 
     async def expire(
         self, name: str, retain_last: int, older_than: str | None, snapshot_ids: list[int], dry_run: bool
@@ -185,7 +253,12 @@ class Lakehouse:
             result = maintenance.expire_snapshots(table, moment, retain_last, snapshot_ids, dry_run)
             return result.details
 
-        return await self.on_table("expire", name, run)
+        def report(result: OperationResult) -> None:
+            expired = int(result.details.get("expired_snapshots", 0))
+            if not dry_run and expired:
+                self._emit(SNAPSHOTS_EXPIRED, table=result.table, expired=expired)
+
+        return await self.on_table("expire", name, run, report=report)
 
     async def remove_orphans(
         self, name: str, dry_run: bool, older_than: str | None, location: str | None
@@ -199,7 +272,12 @@ class Lakehouse:
             )
             return result.details
 
-        return await self.on_table("remove_orphans", name, run)
+        def report(result: OperationResult) -> None:
+            removed = int(result.details.get("removed_count", 0))
+            if not dry_run and removed:
+                self._emit(ORPHANS_REMOVED, table=result.table, removed=removed)
+
+        return await self.on_table("remove_orphans", name, run, report=report)
 
     # ---- configuration
 
@@ -215,6 +293,12 @@ class Lakehouse:
             return StoredConfig(config, replaces, 0), False
         stored = await self.store.store(config, replaces)
         self.catalogs.replace(config, catalog)
+        self._emit(
+            CONFIG_CHANGED,
+            version=stored.version,
+            catalog_type=config.catalog_type,
+            catalog_name=config.catalog_name,
+        )
         return stored, True
 
 

@@ -107,6 +107,16 @@ from lakestack_common.errors import (
     Unavailable,
 )
 from lakestack_common.sqlite import open_database
+from lakestack_lakehouse.events import (
+    PIPELINE_FAILED,
+    PIPELINE_STARTED,
+    PIPELINE_STOPPED,
+    TABLE_COMMITTED,
+    TABLE_CREATED,
+    Emit,
+    discard,
+    guarded,
+)
 from lakestack_protos.waymaker.streams import waymaker_streams_pb2 as spb
 
 log = logging.getLogger(__name__)
@@ -277,6 +287,11 @@ class PipelineMetricsSample:
     error: str | None
     last_batch_at_ms: int
     last_batch_duration_ms: int
+
+
+def consumer_name(pipeline_id: str, spec: PipelineSpec) -> str:
+    """The durable consumer a stream pipeline reads through."""
+    return spec.consumer.strip() or f"lakehouse-{pipeline_id}"
 
 
 # ---- options ------------------------------------------------------------------------------------
@@ -1053,7 +1068,7 @@ class _Pipeline:
 
     @property
     def consumer(self) -> str:
-        return self.spec.consumer.strip() or f"lakehouse-{self.pipeline_id}"
+        return consumer_name(self.pipeline_id, self.spec)
 
     @property
     def source_label(self) -> str:
@@ -1130,12 +1145,19 @@ class PipelineManager:
         create_table: Callable[[str, pa.Schema], Table],
         streams_address: str,
         pool: Executor,
+        *,
+        emit: Emit = discard,
+        table_name: Callable[[str], str] | None = None,
     ) -> None:
         self.db_path = db_path
         self.load_table = load_table
         self.create_table = create_table
         self.streams_address = streams_address
         self.pool = pool
+        # Platform events (called on the event loop); table names as the events spell them.
+        self._emit = guarded(emit)
+        self._table_name = table_name or (lambda name: name)
+        self._loop: asyncio.AbstractEventLoop | None = None
         self.streams_client: StreamsClient | None = None  # open(); tests may wrap its stub
         self._db: aiosqlite.Connection | None = None
         self._pipelines: dict[str, _Pipeline] = {}
@@ -1147,6 +1169,7 @@ class PipelineManager:
 
     async def open(self) -> None:
         """Load the pipelines from SQLite and resume those that were starting or running."""
+        self._loop = asyncio.get_running_loop()
         self._db = await open_database(self.db_path, MIGRATIONS)
         self.streams_client = StreamsClient.connect(self.streams_address, timeout_s=RPC_TIMEOUT_S)
         async with self._db.execute("SELECT * FROM pipelines ORDER BY created_at_ms, pipeline_id") as cursor:
@@ -1185,6 +1208,7 @@ class PipelineManager:
                 if error is not None:
                     p.status, p.error = "failed", error
                     await self._save(p)
+                    self._emit(PIPELINE_FAILED, pipeline_id=p.pipeline_id, name=p.name, error=error)
                     continue
                 p.status, p.error = "starting", None
                 await self._save(p)
@@ -1309,6 +1333,8 @@ class PipelineManager:
         await self._save(p)
         self._notify(p)
         log.info("pipeline %s %s", pipeline_id, p.status)
+        if p.status == "stopped":
+            self._emit(PIPELINE_STOPPED, pipeline_id=p.pipeline_id, name=p.name, rows_processed=p.rows)
         return p.snapshot()
 
     async def status(self, pipeline_id: str) -> PipelineStatus:
@@ -1434,6 +1460,14 @@ class PipelineManager:
             p.status = "running"
             await self._save(p)
             self._notify(p)
+            self._emit(
+                PIPELINE_STARTED,
+                pipeline_id=p.pipeline_id,
+                name=p.name,
+                stream=p.spec.source_stream or None,
+                source_table=self._table_name(p.spec.source_table) if p.opts.kind == "table" else None,
+                table=self._table_name(p.spec.sink_table),
+            )
             outages = 0
             while not p.stop_event.is_set():
                 try:
@@ -1583,7 +1617,8 @@ class PipelineManager:
         attempts = conflicts = 0
         while True:
             try:
-                return await self._call(write_batch, self.load_table, self.create_table, job)
+                create = functools.partial(self._create_sink_table, p.pipeline_id)
+                return await self._call(write_batch, self.load_table, create, job)
             except (_PositionMoved, NotFound, FailedPrecondition):
                 raise
             except CommitFailedException as exc:
@@ -1605,10 +1640,28 @@ class PipelineManager:
             if await self._pause(p, p.opts.backoff_s * 2 ** (attempts - 1)):
                 raise _Abandoned()
 
+    def _create_sink_table(self, pipeline_id: str, name: str, schema: pa.Schema) -> Table:
+        """``create_table`` (on a pool thread) that reports the new table on the event loop."""
+        table = self.create_table(name, schema)
+        if self._loop is not None:
+            event = functools.partial(
+                self._emit, TABLE_CREATED, table=self._table_name(name), source=f"pipeline:{pipeline_id}"
+            )
+            with contextlib.suppress(RuntimeError):  # the loop is closed: nobody to tell
+                self._loop.call_soon_threadsafe(event)
+        return table
+
     async def _record(self, p: _Pipeline, job: _WriteJob, result: _WriteResult, started: float) -> None:
         if result.snapshot_id is not None:
             p.committed = job.position
             p.last_snapshot_id = result.snapshot_id
+            self._emit(
+                TABLE_COMMITTED,
+                table=self._table_name(p.spec.sink_table),
+                snapshot_id=result.snapshot_id,
+                records=result.rows,
+                source=f"pipeline:{p.pipeline_id}",
+            )
         p.position = job.position
         p.rows += result.rows
         p.batches += 1
@@ -1631,6 +1684,7 @@ class PipelineManager:
         p.stopped_at_ms = _now_ms()
         await self._save(p)
         self._notify(p)
+        self._emit(PIPELINE_FAILED, pipeline_id=p.pipeline_id, name=p.name, error=error)
 
     @staticmethod
     async def _pause(p: _Pipeline, seconds: float) -> bool:

@@ -17,6 +17,11 @@ class LakehouseSettings(ServiceSettings):
 
     # The streams service pipelines read from (default: LAKESTACK_STREAMS_ADDRESS or localhost).
     streams_address: str = ""
+    # The teckel-jobs service the agent lists and submits jobs to (default:
+    # LAKESTACK_TECKEL_JOBS_ADDRESS or localhost).
+    teckel_jobs_address: str = ""
+    # Deadline of each call the agent makes to another service (UNAVAILABLE is retried within it).
+    remote_timeout_s: float = Field(10.0, gt=0)
 
     # Agent defaults (ConfigService's lakestack.agent.* properties override them).
     agent_provider: str = "local"

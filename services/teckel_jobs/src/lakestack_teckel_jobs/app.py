@@ -9,7 +9,7 @@ from lakestack_common.server import Service, Servicer
 from lakestack_protos.teckel.v1 import teckel_pb2, teckel_pb2_grpc
 from lakestack_teckel_jobs.core import Teckel, TeckelConfig
 from lakestack_teckel_jobs.document import Policy
-from lakestack_teckel_jobs.formats import CatalogConfig
+from lakestack_teckel_jobs.formats import CatalogConfig, VectorTarget
 from lakestack_teckel_jobs.server import TeckelHandlers
 from lakestack_teckel_jobs.sessions import SessionLimits
 from lakestack_teckel_jobs.settings import TeckelJobsSettings
@@ -18,10 +18,15 @@ from lakestack_teckel_jobs.workers import WorkerConfig
 
 def teckel_config(settings: TeckelJobsSettings) -> TeckelConfig:
     uri, warehouse = settings.resolved_catalog
-    if not settings.warehouse and "://" not in warehouse:
-        Path(warehouse).mkdir(parents=True, exist_ok=True)
     worker = WorkerConfig(
         catalog=CatalogConfig(uri=uri, warehouse=warehouse),
+        vector=VectorTarget(
+            address=settings.resolved_vector_core_address,
+            token=settings.vector_core_token,
+            timeout_s=settings.vector_core_timeout_s,
+            retry_s=settings.vector_core_retry_s,
+            max_message_bytes=settings.max_message_bytes,
+        ),
         policy=Policy(hooks_enabled=settings.hooks_enabled, allowed_roots=tuple(settings.allowed_roots)),
         hook_timeout_s=settings.hook_timeout_s,
         enrich_enabled=settings.enrich_enabled,
@@ -47,7 +52,7 @@ class TeckelJobsService(Service):
 
     def __init__(self, settings: TeckelJobsSettings) -> None:
         super().__init__(settings)
-        self.teckel = Teckel(teckel_config(settings))
+        self.teckel = Teckel(teckel_config(settings), emit=self.events.emit)
 
     def servicers(self) -> list[Servicer]:
         return [Servicer.of(teckel_pb2, teckel_pb2_grpc, "TeckelService", TeckelHandlers(self.teckel))]

@@ -11,7 +11,7 @@ import asyncio
 import os
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -43,11 +43,20 @@ class Execution:
 
 
 class Teckel:
-    def __init__(self, config: TeckelConfig) -> None:
+    def __init__(self, config: TeckelConfig, emit: Callable[..., None] | None = None) -> None:
+        """``emit(event, **data)`` publishes a platform event (``job_state_changed``); it must
+        neither block nor raise."""
         self.config = config
         self.policy = config.worker.policy
+        self.emit = emit
         self.pool = WorkerPool(config.workers, config.worker)
-        self.sessions = Sessions(config.worker.catalog, config.sessions, config.session_threads, self.policy)
+        self.sessions = Sessions(
+            config.worker.catalog,
+            config.sessions,
+            config.session_threads,
+            self.policy,
+            vector=config.worker.vector,
+        )
         self._jobs: Jobs | None = None
 
     @property
@@ -59,7 +68,7 @@ class Teckel:
     async def open(self) -> None:
         store = await JobStore.open(self.config.data_dir / "jobs.db")
         await self.pool.start()
-        self._jobs = Jobs(store, self.pool, self.parse, self.config.keep_terminal_jobs)
+        self._jobs = Jobs(store, self.pool, self.parse, self.config.keep_terminal_jobs, emit=self.emit)
         await self._jobs.start()
         await self.sessions.start()
 

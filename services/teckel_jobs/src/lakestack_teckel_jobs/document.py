@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from lakestack_teckel_jobs import dag, format_options
-from lakestack_teckel_jobs.format_options import FORMATS, WRITE_MODES
+from lakestack_teckel_jobs.format_options import FORMATS, NAMED_DESTINATIONS, WRITE_MODES
 from lakestack_teckel_jobs.operations import ENTRY_KEYS, OPERATIONS, Field, Kind, Op
 from lakestack_teckel_jobs.spec_errors import Location, PipelineInvalid, SpecError, did_you_mean
 from lakestack_teckel_jobs.substitution import resolve_text
@@ -43,11 +43,24 @@ TOP_LEVEL = (
     "streamingOutput",
     "exposures",
 )
-INPUT_KEYS = ("name", "format", "path", "options", "description", "tags", "meta", "owner", "columns")
+# ``table`` names an Iceberg table instead of ``path`` (``table: raw.events``).
+INPUT_KEYS = (
+    "name",
+    "format",
+    "path",
+    "table",
+    "options",
+    "description",
+    "tags",
+    "meta",
+    "owner",
+    "columns",
+)
 OUTPUT_KEYS = (
     "name",
     "format",
     "path",
+    "table",
     "mode",
     "options",
     "description",
@@ -140,7 +153,7 @@ def parse(
 
 def path_problem(location: str, fmt: str, policy: Policy) -> str:
     """Why ``location`` may not be read or written under ``policy`` (spec §26.5), or ""."""
-    if fmt == "iceberg" or not policy.allowed_roots:
+    if fmt in NAMED_DESTINATIONS or not policy.allowed_roots:
         return ""
     if "://" in location and not location.startswith("file://"):
         return ""  # object-store URIs are governed by their credentials, not by local roots
@@ -369,15 +382,13 @@ class _Validator:
             self.check_keys(entry, INPUT_KEYS, path, "an input")
             name = self.string(entry, "name", path, "an input")
             fmt = self.string(entry, "format", path, f'input "{name}"')
-            location = self.string(entry, "path", path, f'input "{name}"')
             options = self.options(entry, path)
             if name is not None:
                 self.asset_name(name, f"{path}.name", entry.value_at.get("name"))
             if fmt is not None:
                 fmt = self.data_format(fmt, f"{path}.format", entry.value_at.get("format"), "input")
                 self.format_options(fmt, "read", options, entry, path)
-            if location is not None and fmt is not None:
-                self.check_path(location, fmt, f"{path}.path", entry.value_at.get("path"))
+            location = self.location(entry, fmt, options, path, f'input "{name}"')
             if name is not None and fmt is not None and location is not None:
                 if name in inputs:
                     self.error(
@@ -410,7 +421,50 @@ class _Validator:
             hint = did_you_mean(normalized, FORMATS)
             self.error("E-FMT-001", f'unsupported {side} format "{fmt}"{hint}', path, at)
             return None
+        problem = format_options.side_problem(normalized, "read" if side == "input" else "write")
+        if problem:
+            self.error("E-FMT-001", problem, path, at)
+            return None
         return normalized
+
+    def location(
+        self, entry: LocatedDict, fmt: str | None, options: dict[str, Any], path: str, what: str
+    ) -> str | None:
+        """Where an input or output is: its ``path``; for Iceberg, ``path`` or ``table`` (the
+        table's name); a vector output has neither (its options name the namespace)."""
+        if fmt == "vector":
+            for key in ("path", "table"):
+                if key in entry:
+                    self.error(
+                        "E-X-KEY-003",
+                        f'"{key}" does not apply to vector outputs: name the namespace in options.namespace',
+                        f"{path}.{key}",
+                        entry.key_at.get(key),
+                    )
+            namespace = options.get("namespace")
+            return None if namespace is None else str(namespace).strip()
+        if "table" in entry:
+            if fmt is not None and fmt != "iceberg":
+                self.error(
+                    "E-X-KEY-003",
+                    f'"table" names an Iceberg table and does not apply to format "{fmt}"; use "path"',
+                    f"{path}.table",
+                    entry.key_at.get("table"),
+                )
+                return None
+            if "path" in entry:
+                self.error(
+                    "E-X-KEY-003",
+                    f'{what} has both "path" and "table"; give one',
+                    f"{path}.table",
+                    entry.key_at.get("table"),
+                )
+                return None
+            return self.string(entry, "table", path, what)
+        location = self.string(entry, "path", path, what)
+        if location is not None and fmt is not None:
+            self.check_path(location, fmt, f"{path}.path", entry.value_at.get("path"))
+        return location
 
     def format_options(
         self,
@@ -595,17 +649,25 @@ class _Validator:
             self.check_keys(entry, OUTPUT_KEYS, path, "an output")
             name = self.string(entry, "name", path, "an output")
             fmt = self.string(entry, "format", path, f'output "{name}"')
-            location = self.string(entry, "path", path, f'output "{name}"')
-            mode = self.string(entry, "mode", path, f'output "{name}"', required=False) or "error"
+            mode = self.string(entry, "mode", path, f'output "{name}"', required=False)
             options = self.options(entry, path)
             if fmt is not None:
                 fmt = self.data_format(fmt, f"{path}.format", entry.value_at.get("format"), "output")
                 self.format_options(fmt, "write", options, entry, path)
+            location = self.location(entry, fmt, options, path, f'output "{name}"')
+            mode = mode or format_options.default_mode(fmt or "")
             if mode not in WRITE_MODES:
                 self.error(
                     "E-MODE-001",
                     f'unknown write mode "{mode}", expected: {"|".join(WRITE_MODES)}'
                     + did_you_mean(mode, WRITE_MODES),
+                    f"{path}.mode",
+                    entry.value_at.get("mode"),
+                )
+            elif fmt is not None and format_options.mode_problem(fmt, mode):
+                self.error(
+                    "E-MODE-002",
+                    format_options.mode_problem(fmt, mode),
                     f"{path}.mode",
                     entry.value_at.get("mode"),
                 )
@@ -617,8 +679,6 @@ class _Validator:
                     f"{path}.maturity",
                     entry.value_at.get("maturity"),
                 )
-            if location is not None and fmt is not None:
-                self.check_path(location, fmt, f"{path}.path", entry.value_at.get("path"))
             if name is None or fmt is None or location is None:
                 continue
             # The reference keys outputs "output_<name>", so a second output of one asset replaced

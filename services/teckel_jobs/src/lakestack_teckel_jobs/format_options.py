@@ -16,12 +16,18 @@ from typing import Any, Literal
 
 from lakestack_teckel_jobs.spec_errors import StepFailed, did_you_mean
 
-FORMATS = ("csv", "parquet", "json", "ndjson", "ipc", "arrow", "iceberg")
+FORMATS = ("csv", "parquet", "json", "ndjson", "ipc", "arrow", "iceberg", "vector")
 WRITE_MODES = ("error", "overwrite", "append", "ignore")
+# Formats that are only written (``vector`` upserts into vector-core, which cannot be scanned).
+WRITE_ONLY = ("vector",)
+# Formats whose destination is named by the document rather than a local path.
+NAMED_DESTINATIONS = ("iceberg", "vector")
+VECTOR_MODES = ("append", "error", "ignore")  # vector-core cannot drop a namespace's old vectors
+MAX_VECTOR_BATCH = 100_000
 Side = Literal["read", "write"]
 
 # Option name -> kind, per format and side. Kinds: flag, int, char (one byte, "" allowed where the
-# reader can switch the feature off), text, or a tuple of allowed values.
+# reader can switch the feature off), text, name (non-empty text), or a tuple of allowed values.
 _CSV_COMMON: dict[str, Any] = {
     "header": "flag",
     "sep": "char",
@@ -54,6 +60,15 @@ _OPTIONS: dict[tuple[str, Side], dict[str, Any]] = {
     ("ipc", "write"): {"compression": ("uncompressed", "lz4", "zstd")},
     ("iceberg", "read"): {"snapshotId": "int"},
     ("iceberg", "write"): {},
+    ("vector", "write"): {
+        "namespace": "name",
+        "id_column": "name",
+        "vector_column": "name",
+        "batch_size": "int",
+    },
+}
+_REQUIRED: dict[tuple[str, Side], tuple[str, ...]] = {
+    ("vector", "write"): ("namespace", "id_column", "vector_column"),
 }
 _ALIASES = {"ndjson": "json", "arrow": "ipc"}
 
@@ -75,8 +90,17 @@ def problems(fmt: str, side: Side, options: Mapping[str, Any]) -> list[OptionPro
     known = _OPTIONS.get((canonical(fmt), side))
     if known is None:
         return []  # the format itself is reported elsewhere (E-FMT-001)
-    found: list[OptionProblem] = []
+    missing = [
+        name
+        for name in _REQUIRED.get((canonical(fmt), side), ())
+        if options.get(name) is None or not str(options[name]).strip()
+    ]
+    found = [
+        OptionProblem("E-X-OPT-003", f'{fmt} {side} option "{name}" is required', name) for name in missing
+    ]
     for name, value in options.items():
+        if name in missing:
+            continue
         kind = known.get(name)
         if kind is None:
             accepted = ", ".join(sorted(known)) or "none"
@@ -89,9 +113,35 @@ def problems(fmt: str, side: Side, options: Mapping[str, Any]) -> list[OptionPro
             )
             continue
         problem = _value_problem(kind, value)
+        if not problem and (canonical(fmt), name) == ("vector", "batch_size"):
+            size = int(str(value).strip())
+            if not 1 <= size <= MAX_VECTOR_BATCH:
+                problem = f"must be between 1 and {MAX_VECTOR_BATCH}, not {size}"
         if problem:
             found.append(OptionProblem("E-X-OPT-002", f'{fmt} option "{name}" {problem}', name))
     return found
+
+
+def side_problem(fmt: str, side: Side) -> str:
+    """Why ``fmt`` cannot be used on ``side`` at all, or ""."""
+    if side == "read" and canonical(fmt) in WRITE_ONLY:
+        return f'format "{fmt}" can only be written (it is an output into vector-core)'
+    return ""
+
+
+def mode_problem(fmt: str, mode: str) -> str:
+    """Why write mode ``mode`` does not apply to ``fmt``, or "" (unknown modes are E-MODE-001)."""
+    if canonical(fmt) == "vector" and mode in WRITE_MODES and mode not in VECTOR_MODES:
+        return (
+            f'write mode "{mode}" is not available for vector outputs (vector-core cannot drop the '
+            f"namespace's old vectors); use append, which replaces vectors by id, or {'|'.join(VECTOR_MODES)}"
+        )
+    return ""
+
+
+def default_mode(fmt: str) -> str:
+    """The write mode of an output that names none: vector outputs upsert (append)."""
+    return "append" if canonical(fmt) == "vector" else "error"
 
 
 def check(fmt: str, side: Side, options: Mapping[str, Any]) -> None:
@@ -134,4 +184,6 @@ def _value_problem(kind: Any, value: Any) -> str:
         return "" if number >= 0 else "must not be negative"
     if kind == "char":
         return "" if len(str(value).encode()) <= 1 else f'must be a single character, not "{value}"'
+    if kind == "name":
+        return "" if not isinstance(value, bool) and str(value).strip() else f'must be a name, not "{value}"'
     return ""

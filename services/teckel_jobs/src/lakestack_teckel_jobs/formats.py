@@ -1,4 +1,5 @@
-"""Reading inputs and writing outputs: CSV, JSON / JSON Lines, Parquet, Arrow IPC, Iceberg tables.
+"""Reading inputs and writing outputs: CSV, JSON / JSON Lines, Parquet, Arrow IPC, Iceberg tables,
+and vectors upserted into vector-core (``vector_output``).
 
 Reads are lazy scans, so the pipeline's filters and projections reach the file readers.
 
@@ -17,7 +18,12 @@ A destination whose name ends in the format's extension (``out.parquet``) is one
 path is a directory of ``part-*`` files, like Spark's. Append to a directory adds a part file;
 append to a single file rewrites it with the old rows first (refused if the file changed while
 the job ran). Iceberg inputs and outputs name a table (``namespace.table``) in the configured
-catalog.
+catalog (by default the lakehouse service's); an output is one snapshot (append, or an overwrite
+replacing every data file) committed at the end.
+
+``vector`` outputs are not transactional (``StagedOutput.transactional`` is false): the runner
+upserts them after the quality suites and before the other outputs commit, so a failing upsert
+leaves the files and tables untouched; a retry converges because upserts are idempotent by id.
 """
 
 from __future__ import annotations
@@ -37,7 +43,7 @@ import polars as pl
 from polars._typing import PolarsDataType
 
 from lakestack_common.files import fsync_dir
-from lakestack_teckel_jobs import format_options
+from lakestack_teckel_jobs import format_options, vector_output
 from lakestack_teckel_jobs.format_options import FORMATS, WRITE_MODES, canonical, flag, integer, text
 from lakestack_teckel_jobs.spec_errors import StepFailed, did_you_mean
 
@@ -52,6 +58,7 @@ __all__ = [
     "Inspection",
     "OutputRequest",
     "StagedOutput",
+    "VectorTarget",
     "inspect",
     "remove_staging",
     "scan",
@@ -67,6 +74,9 @@ _EXTENSIONS = {
 }
 _PART_EXTENSION = {"csv": ".csv", "json": ".json", "parquet": ".parquet", "ipc": ".arrow"}
 _STAGING_MARK = ".teckel-"
+# Concurrent commits to one table (the lakehouse's pipelines, compaction) are retried this often.
+TABLE_COMMIT_ATTEMPTS = 5
+VectorTarget = vector_output.VectorTarget
 
 
 @dataclass(frozen=True)
@@ -85,6 +95,11 @@ class CatalogConfig:
 def _load_catalog(config: CatalogConfig) -> Catalog:
     from pyiceberg.catalog.sql import SqlCatalog
 
+    # The lakehouse creates its catalog when it starts; a job that runs first creates it the same way.
+    if config.uri.startswith("sqlite:///"):
+        Path(config.uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+    if "://" not in config.warehouse or config.warehouse.startswith("file://"):
+        Path(config.warehouse.removeprefix("file://")).mkdir(parents=True, exist_ok=True)
     return SqlCatalog(config.name, uri=config.uri, warehouse=config.warehouse)
 
 
@@ -94,6 +109,8 @@ def _load_catalog(config: CatalogConfig) -> Catalog:
 def scan(fmt: str, path: str, options: Mapping[str, Any], catalog: CatalogConfig | None) -> pl.LazyFrame:
     """A lazy scan of ``path``; nothing is read until the plan runs (except JSON arrays)."""
     fmt = _known_format(fmt)
+    if format_options.side_problem(fmt, "read"):
+        raise StepFailed("E-FMT-001", format_options.side_problem(fmt, "read"))
     format_options.check(fmt, "read", options)
     if fmt == "iceberg":
         table = _table(catalog, path)
@@ -300,12 +317,16 @@ class OutputRequest:
     path: str
     mode: str
     options: Mapping[str, Any]
+    asset: str = ""  # the asset written, for error messages
 
 
 class StagedOutput:
     """One output computed into its staging location; ``commit`` publishes it."""
 
     rows: int
+    # False: commit() writes to a service that has no transactions (vector-core); it runs before
+    # the transactional outputs commit and may leave part of its data behind when it fails.
+    transactional = True
 
     def commit(self) -> None:
         raise NotImplementedError
@@ -323,19 +344,24 @@ def stage(
     catalog: CatalogConfig | None,
     *,
     tag: str,
+    vector: VectorTarget | None = None,
 ) -> StagedOutput | None:
     """Stage one output (None: mode ``ignore`` and the destination exists)."""
-    return stage_many([OutputRequest(frame, fmt, path, mode, options)], catalog, tag=tag)[0]
+    return stage_many([OutputRequest(frame, fmt, path, mode, options)], catalog, tag=tag, vector=vector)[0]
 
 
 def stage_many(
-    requests: Sequence[OutputRequest], catalog: CatalogConfig | None, *, tag: str
+    requests: Sequence[OutputRequest],
+    catalog: CatalogConfig | None,
+    *,
+    tag: str,
+    vector: VectorTarget | None = None,
 ) -> list[StagedOutput | None]:
     """Compute every output in one Polars pass into its staging location."""
     plans: list[_Plan | None] = []
     try:
         for n, request in enumerate(requests):
-            plans.append(_plan(request, n, catalog, tag))
+            plans.append(_plan(request, n, catalog, tag, vector))
         _refuse_shared_destinations(plans)
         work = [plan.work for plan in plans if plan is not None]
         results = iter(pl.collect_all(work) if work else [])
@@ -379,16 +405,22 @@ class _Plan:
         raise NotImplementedError
 
 
-def _plan(request: OutputRequest, index: int, catalog: CatalogConfig | None, tag: str) -> _Plan | None:
+def _plan(
+    request: OutputRequest, index: int, catalog: CatalogConfig | None, tag: str, vector: VectorTarget | None
+) -> _Plan | None:
     fmt = _known_format(request.fmt)
-    mode = request.mode.strip().lower() or "error"
+    mode = request.mode.strip().lower() or format_options.default_mode(fmt)
     if mode not in WRITE_MODES:
         raise StepFailed(
             "E-MODE-001",
             f'unknown write mode "{request.mode}", expected: {"|".join(WRITE_MODES)}'
             + did_you_mean(mode, WRITE_MODES),
         )
+    if format_options.mode_problem(fmt, mode):
+        raise StepFailed("E-MODE-002", format_options.mode_problem(fmt, mode))
     format_options.check(fmt, "write", request.options)
+    if fmt == "vector":
+        return _vector_plan(request, vector, mode)
     if fmt == "iceberg":
         table = _table(catalog, request.path)
         if table is not None and mode in ("error", "ignore"):
@@ -396,7 +428,7 @@ def _plan(request: OutputRequest, index: int, catalog: CatalogConfig | None, tag
                 return None
             raise _exists_error(request.path, mode)
         assert catalog is not None  # _table refused a missing catalog
-        return _TablePlan(request, catalog, mode)
+        return _TablePlan(request, catalog, mode, tag)
     location = _local(request.path)
     if "://" in location:
         raise StepFailed(
@@ -520,8 +552,8 @@ class _StagedFiles(StagedOutput):
 
 
 class _TablePlan(_Plan):
-    def __init__(self, request: OutputRequest, catalog: CatalogConfig, mode: str) -> None:
-        self.request, self.catalog, self.mode = request, catalog, mode
+    def __init__(self, request: OutputRequest, catalog: CatalogConfig, mode: str, tag: str) -> None:
+        self.request, self.catalog, self.mode, self.tag = request, catalog, mode, tag
         self.destination = "iceberg:" + ".".join(_identifier(request.path))
         self.work = request.frame
 
@@ -557,13 +589,111 @@ class _StagedTable(StagedOutput):
             return
         elif plan.mode == "error":
             raise _exists_error(plan.request.path, plan.mode)
-        if plan.mode == "overwrite":
-            table.overwrite(self.data)
-        else:
-            table.append(self.data)
+        _commit_snapshot(table, self.data, overwrite=plan.mode == "overwrite", job=plan.tag)
 
     def abort(self) -> None:
         pass  # nothing reaches the table before commit
+
+
+def _commit_snapshot(table: Any, data: pa.Table, *, overwrite: bool, job: str) -> None:
+    """Commit ``data`` as one snapshot: an append, or an overwrite that replaces every data file
+    (pyiceberg's own overwrite commits a delete and an append snapshot). A commit that loses a race
+    with another writer of the table (the lakehouse's pipelines, compaction) is redone on the
+    refreshed table."""
+    from pyiceberg.exceptions import CommitFailedException
+    from pyiceberg.io.pyarrow import _check_pyarrow_schema_compatible, _dataframe_to_data_files
+
+    properties = {"teckel.job-id": job}
+    for attempt in range(1, TABLE_COMMIT_ATTEMPTS + 1):
+        try:
+            with table.transaction() as transaction:
+                metadata = transaction.table_metadata
+                try:
+                    _check_pyarrow_schema_compatible(
+                        metadata.schema(), provided_schema=data.schema, format_version=metadata.format_version
+                    )
+                except ValueError as exc:
+                    raise StepFailed(
+                        "E-X-IO-008",
+                        f"cannot write to Iceberg table {'.'.join(table.name())}: the output's columns do "
+                        f"not match the table's schema: {exc}",
+                    ) from None
+                snapshot = transaction.update_snapshot(snapshot_properties=properties)
+                with snapshot.overwrite() if overwrite else snapshot.fast_append() as producer:
+                    if overwrite and table.current_snapshot() is not None:
+                        for task in table.scan().plan_files():
+                            producer.delete_data_file(task.file)
+                    if data.num_rows:
+                        for data_file in _dataframe_to_data_files(
+                            table_metadata=metadata, write_uuid=producer.commit_uuid, df=data, io=table.io
+                        ):
+                            producer.append_data_file(data_file)
+            return
+        except CommitFailedException:
+            if attempt == TABLE_COMMIT_ATTEMPTS:
+                raise StepFailed(
+                    "E-X-IO-007",
+                    f"could not commit to Iceberg table {'.'.join(table.name())}: {TABLE_COMMIT_ATTEMPTS} "
+                    "attempts lost to concurrent commits",
+                ) from None
+            table.refresh()
+
+
+def _vector_plan(request: OutputRequest, target: VectorTarget | None, mode: str) -> _VectorPlan | None:
+    if target is None:
+        raise StepFailed("E-FMT-002", "vector outputs need vector-core, and none is configured")
+    spec = vector_output.VectorSpec.of(request.options)
+    label = f'asset "{request.asset}"' if request.asset else "the output"
+    vector_output.check_columns(request.frame.collect_schema(), spec, label)
+    core = vector_output.VectorCore(target)
+    try:
+        # Asked in every mode: an unreachable vector-core fails the job before anything is computed.
+        existing = core.size(spec.namespace)
+        if existing and mode in ("error", "ignore"):
+            if mode == "ignore":
+                core.close()
+                return None
+            raise _exists_error(f"vector-core namespace {spec.namespace}", mode)
+    except BaseException:
+        core.close()
+        raise
+    return _VectorPlan(request, spec, core, label)
+
+
+class _VectorPlan(_Plan):
+    def __init__(
+        self,
+        request: OutputRequest,
+        spec: vector_output.VectorSpec,
+        core: vector_output.VectorCore,
+        label: str,
+    ) -> None:
+        self.spec, self.core, self.label = spec, core, label
+        self.destination = f"vector:{core.target.address}/{spec.namespace}"
+        self.work = request.frame.select(spec.columns)
+
+    def finish(self, result: pl.DataFrame) -> StagedOutput:
+        ids, vectors = vector_output.vectors_of(result, self.spec, self.label)
+        return _StagedVectors(self, ids, vectors)
+
+    def discard(self) -> None:
+        self.core.close()
+
+
+class _StagedVectors(StagedOutput):
+    transactional = False
+
+    def __init__(self, plan: _VectorPlan, ids: list[str], vectors: Any) -> None:
+        self.plan, self.ids, self.vectors, self.rows = plan, ids, vectors, len(ids)
+
+    def commit(self) -> None:
+        try:
+            self.plan.core.upsert(self.plan.spec, self.ids, self.vectors)
+        finally:
+            self.plan.core.close()
+
+    def abort(self) -> None:
+        self.plan.core.close()
 
 
 def _sink(frame: pl.LazyFrame, kind: str, path: Path, options: Mapping[str, Any]) -> pl.LazyFrame:

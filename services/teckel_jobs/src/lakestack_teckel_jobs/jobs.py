@@ -5,6 +5,10 @@ takes it, ``running`` while the worker runs it, then ``completed``, ``failed`` o
 After a restart, ``queued`` jobs are submitted again in their original order and ``running`` jobs
 are marked failed with "interrupted by restart" (their worker died with the old server, and
 whatever they had staged is removed), so no job is silently lost or left running forever.
+
+Every state a job enters is published as the platform event ``job_state_changed`` (``emit``),
+right after the store has recorded it: QUEUED, RUNNING, then SUCCEEDED, FAILED (with the error)
+or CANCELLED; a job failed at recovery is FAILED "interrupted by restart".
 """
 
 from __future__ import annotations
@@ -24,11 +28,21 @@ import aiosqlite
 
 from lakestack_common.errors import NotFound
 from lakestack_common.sqlite import open_database
+from lakestack_teckel_jobs.document import Pipeline
 from lakestack_teckel_jobs.workers import Outcome, Run, Task, WorkerPool, remove_staging
 
 TERMINAL = ("completed", "failed", "cancelled")
 DEFAULT_WAIT_S = 300
 INTERRUPTED = "interrupted by restart"
+# Job status -> the `state` of the job_state_changed platform event (docs/events.md).
+EVENT_STATES = {
+    "queued": "QUEUED",
+    "running": "RUNNING",
+    "completed": "SUCCEEDED",
+    "failed": "FAILED",
+    "cancelled": "CANCELLED",
+}
+Emit = Callable[..., None]  # emit(event, **data): never blocks, never raises
 
 MIGRATIONS = [
     """
@@ -45,7 +59,9 @@ MIGRATIONS = [
         duration_ms INTEGER NOT NULL DEFAULT -1
     );
     CREATE INDEX jobs_by_status ON jobs (status, seq);
-    """
+    """,
+    # The pipeline's name (`pipeline.name` of the document), for the job_state_changed events.
+    "ALTER TABLE jobs ADD COLUMN name TEXT NOT NULL DEFAULT '';",
 ]
 
 
@@ -58,6 +74,7 @@ class Job:
     started_at: str
     completed_at: str
     duration_ms: int
+    name: str = ""  # the pipeline's name, "" when the document gives none
 
     @property
     def terminal(self) -> bool:
@@ -71,7 +88,7 @@ def now_rfc3339() -> str:
 class JobStore:
     """The job table. Every write is committed before it returns."""
 
-    COLUMNS = "id, status, error, created_at, started_at, completed_at, duration_ms"
+    COLUMNS = "id, status, error, created_at, started_at, completed_at, duration_ms, name"
 
     def __init__(self, db: aiosqlite.Connection) -> None:
         self.db = db
@@ -85,8 +102,8 @@ class JobStore:
 
     async def insert(self, job: Job, yaml: str, variables: dict[str, str]) -> None:
         await self.db.execute(
-            "INSERT INTO jobs (id, status, yaml, variables, created_at) VALUES (?, ?, ?, ?, ?)",
-            (job.id, job.status, yaml, json.dumps(variables), job.created_at),
+            "INSERT INTO jobs (id, status, yaml, variables, created_at, name) VALUES (?, ?, ?, ?, ?, ?)",
+            (job.id, job.status, yaml, json.dumps(variables), job.created_at, job.name),
         )
 
     async def start(self, job_id: str, started_at: str) -> bool:
@@ -114,11 +131,12 @@ class JobStore:
         async with self.db.execute(f"SELECT {self.COLUMNS} FROM jobs ORDER BY seq DESC") as cursor:
             return [_job(row) for row in await cursor.fetchall()]
 
-    async def tasks_in(self, status: str) -> list[Task]:
+    async def tasks_in(self, status: str) -> list[tuple[Task, str]]:
+        """The tasks of the jobs in ``status``, oldest first, with their pipeline names."""
         async with self.db.execute(
-            "SELECT id, yaml, variables FROM jobs WHERE status = ? ORDER BY seq", (status,)
+            "SELECT id, yaml, variables, name FROM jobs WHERE status = ? ORDER BY seq", (status,)
         ) as cursor:
-            return [Task(row[0], row[1], json.loads(row[2])) for row in await cursor.fetchall()]
+            return [(Task(row[0], row[1], json.loads(row[2])), row[3]) for row in await cursor.fetchall()]
 
     async def prune(self, keep_terminal: int) -> None:
         """Forget terminal jobs beyond the newest ``keep_terminal``."""
@@ -131,7 +149,12 @@ class JobStore:
 
 
 def _job(row: Any) -> Job:
-    return Job(row[0], row[1], row[2], row[3], row[4], row[5], int(row[6]))
+    return Job(row[0], row[1], row[2], row[3], row[4], row[5], int(row[6]), row[7])
+
+
+def pipeline_name(pipeline: Pipeline) -> str:
+    name = pipeline.metadata.get("name") if isinstance(pipeline.metadata, dict) else None
+    return "" if name is None else str(name)
 
 
 class Jobs:
@@ -141,13 +164,16 @@ class Jobs:
         self,
         store: JobStore,
         pool: WorkerPool,
-        validate: Callable[[str, dict[str, str]], object],
+        validate: Callable[[str, dict[str, str]], Pipeline],
         keep_terminal: int = 10_000,
+        emit: Emit | None = None,
     ) -> None:
         self.store = store
         self.pool = pool
         self.validate = validate  # raises PipelineInvalid
         self.keep_terminal = keep_terminal
+        self.emit = emit
+        self._names: dict[str, str] = {}  # job id -> pipeline name, while the job is unfinished
         self._runs: dict[str, Run] = {}
         self._ended: dict[str, asyncio.Event] = {}
         self._watchers: dict[str, asyncio.Task[None]] = {}  # job id -> task recording its outcome
@@ -155,14 +181,16 @@ class Jobs:
 
     async def start(self) -> None:
         """Recover from the previous run, then resume the queue."""
-        for task in await self.store.tasks_in("running"):
+        for task, name in await self.store.tasks_in("running"):
             started = await self.store.get(task.tag)
-            await self.store.finish(
+            if await self.store.finish(
                 task.tag, "failed", INTERRUPTED, _elapsed_ms(started.started_at if started else "")
-            )
+            ):
+                self._changed(task.tag, name, "failed", INTERRUPTED)
             await asyncio.to_thread(remove_staging, task, self.pool.config)
         await self.store.prune(self.keep_terminal)
-        for task in await self.store.tasks_in("queued"):
+        for task, name in await self.store.tasks_in("queued"):
+            self._names[task.tag] = name
             self._launch(task)
 
     async def close(self) -> None:
@@ -172,9 +200,11 @@ class Jobs:
         await asyncio.gather(*watchers, return_exceptions=True)
 
     async def submit(self, yaml: str, variables: dict[str, str]) -> Job:
-        await asyncio.to_thread(self.validate, yaml, variables)
-        job = Job(str(uuid.uuid4()), "queued", "", now_rfc3339(), "", "", -1)
+        pipeline = await asyncio.to_thread(self.validate, yaml, variables)
+        job = Job(str(uuid.uuid4()), "queued", "", now_rfc3339(), "", "", -1, pipeline_name(pipeline))
         await self.store.insert(job, yaml, variables)
+        self._names[job.id] = job.name
+        self._changed(job.id, job.name, "queued")
         self._launch(Task(job.id, yaml, variables))
         return job
 
@@ -240,7 +270,8 @@ class Jobs:
             began: float | None = None
             if run.started.is_set():
                 began = time.monotonic()
-                await self.store.start(job_id, now_rfc3339())
+                if await self.store.start(job_id, now_rfc3339()):
+                    self._changed(job_id, self._names.get(job_id, ""), "running")
             started.cancel()
             outcome = await outcome_future
             duration = int((time.monotonic() - began) * 1000) if began is not None else -1
@@ -250,6 +281,7 @@ class Jobs:
 
     async def _finish(self, job_id: str, outcome: Outcome, duration_ms: int) -> None:
         if await self.store.finish(job_id, outcome.status, outcome.error, duration_ms):
+            self._changed(job_id, self._names.pop(job_id, ""), outcome.status, outcome.error)
             self._finished_since_prune += 1
             if self._finished_since_prune >= 100:
                 self._finished_since_prune = 0
@@ -257,6 +289,19 @@ class Jobs:
         ended = self._ended.pop(job_id, None)
         if ended is not None:
             ended.set()
+
+    def _changed(self, job_id: str, name: str, status: str, error: str = "") -> None:
+        """Publish the job's new state (the store has recorded it)."""
+        if self.emit is None:
+            return
+        data: dict[str, Any] = {
+            "job_id": job_id,
+            "name": name,
+            "state": EVENT_STATES.get(status, status.upper()),
+        }
+        if status == "failed":
+            data["error"] = error
+        self.emit("job_state_changed", **data)
 
 
 def _elapsed_ms(started_at: str) -> int:

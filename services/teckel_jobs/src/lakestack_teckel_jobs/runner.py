@@ -6,6 +6,10 @@ together (``formats.stage_many`` runs their sinks in one Polars pass, computing 
 by several outputs once) into staging locations. Quality suites run next, and only when all of
 that has succeeded are the outputs committed. A failure anywhere removes what was staged, so a
 pipeline leaves either all its outputs or none (spec §24.5).
+
+The exception is ``vector`` outputs: vector-core has no transactions, so they are upserted after
+the quality suites and before the other outputs commit (still cancellable), and a failed job may
+leave some of their batches behind; upserts are idempotent by id, so a retried job converges.
 """
 
 from __future__ import annotations
@@ -56,6 +60,7 @@ def run(
     tag: str,
     limits: RunLimits = RunLimits(),
     before_commit: Callable[[], None] = lambda: None,
+    vector: formats.VectorTarget | None = None,
 ) -> dict[str, int]:
     """Execute the pipeline; returns rows written per output key. ``tag`` names the staging
     data (the job id), ``before_commit`` is called once nothing can fail any more but the
@@ -64,12 +69,15 @@ def run(
     try:
         _run_hooks(pipeline.pre_hooks, "pre-execution", limits, status=None)
         frames = build_frames(pipeline, catalog)
-        staged = _stage_outputs(pipeline, frames, catalog, tag)
+        staged = _stage_outputs(pipeline, frames, catalog, tag, vector)
         try:
             _check_quality(pipeline, frames)
+            for result in staged:
+                if result is not None and not result.transactional:
+                    result.commit()
             before_commit()
             for result in staged:
-                if result is not None:
+                if result is not None and result.transactional:
                     result.commit()
         except BaseException:
             for result in staged:
@@ -89,13 +97,18 @@ def run(
 
 
 def _stage_outputs(
-    pipeline: Pipeline, frames: Mapping[str, pl.LazyFrame], catalog: formats.CatalogConfig | None, tag: str
+    pipeline: Pipeline,
+    frames: Mapping[str, pl.LazyFrame],
+    catalog: formats.CatalogConfig | None,
+    tag: str,
+    vector: formats.VectorTarget | None,
 ) -> list[formats.StagedOutput | None]:
     requests = [
-        formats.OutputRequest(frames[o.name], o.format, o.path, o.mode, o.options) for o in pipeline.outputs
+        formats.OutputRequest(frames[o.name], o.format, o.path, o.mode, o.options, asset=o.name)
+        for o in pipeline.outputs
     ]
     asset = ", ".join(output.key for output in pipeline.outputs)
-    return transforms.guarded(asset, lambda: formats.stage_many(requests, catalog, tag=tag))
+    return transforms.guarded(asset, lambda: formats.stage_many(requests, catalog, tag=tag, vector=vector))
 
 
 def _check_quality(pipeline: Pipeline, frames: Mapping[str, pl.LazyFrame]) -> None:

@@ -25,7 +25,7 @@ from typing import Any, TypeVar
 import polars as pl
 
 from lakestack_common.errors import InvalidArgument, NotFound, ResourceExhausted
-from lakestack_teckel_jobs import document, formats, transforms
+from lakestack_teckel_jobs import document, format_options, formats, transforms
 
 T = TypeVar("T")
 BACKENDS = ("polars",)
@@ -60,8 +60,10 @@ class Sessions:
         limits: SessionLimits,
         threads: int,
         policy: document.Policy = document.DEFAULT_POLICY,
+        vector: formats.VectorTarget | None = None,
     ) -> None:
         self.catalog = catalog
+        self.vector = vector
         self.limits = limits
         self.policy = policy
         self._sessions: dict[str, Session] = {}
@@ -146,11 +148,18 @@ class Sessions:
         session = self.session(session_id)
         handle = self._handle(session, handle_id)
         self._check_path(fmt, path)
-        chosen = mode.strip().lower() or "error"
+        chosen = mode.strip().lower() or format_options.default_mode(fmt.strip().lower())
 
         def write() -> int:
             staged = formats.stage(
-                handle.frame, fmt.lower(), path, chosen, options, self.catalog, tag=uuid.uuid4().hex
+                handle.frame,
+                fmt.lower(),
+                path,
+                chosen,
+                options,
+                self.catalog,
+                tag=uuid.uuid4().hex,
+                vector=self.vector,
             )
             if staged is None:
                 return 0  # mode=ignore and the destination exists
@@ -172,7 +181,7 @@ class Sessions:
         return handle
 
     def _check_path(self, fmt: str, path: str) -> None:
-        if not path:
+        if not path and fmt.strip().lower() != "vector":  # a vector output's options name its namespace
             raise InvalidArgument("[E-REQ-001] path is required")
         problem = document.path_problem(path, fmt.lower(), self.policy)
         if problem:

@@ -9,7 +9,7 @@ from typing import ClassVar
 from pydantic import Field
 
 from lakestack_common.config import ServiceSettings
-from lakestack_common.topology import TECKEL_JOBS, ServiceInfo
+from lakestack_common.topology import TECKEL_JOBS, VECTOR_CORE, ServiceInfo, lakehouse_catalog
 
 
 class TeckelJobsSettings(ServiceSettings):
@@ -29,9 +29,23 @@ class TeckelJobsSettings(ServiceSettings):
     # Local paths pipelines may read and write (spec §26.5); empty allows any path.
     allowed_roots: list[Path] = Field(default_factory=list)
 
-    # The lakehouse's Iceberg catalog (pyiceberg SqlCatalog). Empty: a catalog in the data dir.
+    # The Iceberg catalog `format: iceberg` reads and writes (a pyiceberg SQL catalog): the
+    # lakehouse service's. Empty: LAKESTACK_LAKEHOUSE_CATALOG_URI / _WAREHOUSE, else the lakehouse's
+    # embedded catalog in LAKESTACK_LAKEHOUSE_DATA_DIR (default data/lakehouse), which `lakestack up`
+    # sets for every service.
+    lakehouse_catalog_uri: str = ""
+    lakehouse_warehouse: str = ""
+    # The older names of the two settings above, still honoured.
     catalog_uri: str = ""
     warehouse: str = ""
+
+    # vector-core, where `format: vector` outputs upsert. Empty: LAKESTACK_VECTOR_CORE_ADDRESS, else
+    # 127.0.0.1:50064. Each request (one batch) has a deadline of vector_core_timeout_s; while
+    # vector-core is unreachable a batch is retried for vector_core_retry_s, then the job fails.
+    vector_core_address: str = ""
+    vector_core_token: str = ""  # bearer token, when vector-core requires one
+    vector_core_timeout_s: float = Field(60.0, gt=0)
+    vector_core_retry_s: float = Field(30.0, ge=0)
 
     # Sessions (the Spark-Connect-style API).
     session_idle_ttl_s: float = Field(3600.0, gt=0)
@@ -45,6 +59,24 @@ class TeckelJobsSettings(ServiceSettings):
 
     @property
     def resolved_catalog(self) -> tuple[str, str]:
-        base = Path(self.data_dir).resolve() / "iceberg"
-        uri = self.catalog_uri or f"sqlite:///{base / 'catalog.db'}"
-        return uri, self.warehouse or str(base / "warehouse")
+        """(SQLAlchemy URI, warehouse) of the Iceberg catalog; the same rule as das's."""
+        default_uri, default_warehouse = lakehouse_catalog(
+            Path(os.environ.get("LAKESTACK_LAKEHOUSE_DATA_DIR", "data/lakehouse"))
+        )
+        uri = (
+            self.lakehouse_catalog_uri
+            or self.catalog_uri
+            or os.environ.get("LAKESTACK_LAKEHOUSE_CATALOG_URI")
+            or default_uri
+        )
+        warehouse = (
+            self.lakehouse_warehouse
+            or self.warehouse
+            or os.environ.get("LAKESTACK_LAKEHOUSE_WAREHOUSE")
+            or default_warehouse
+        )
+        return uri, warehouse
+
+    @property
+    def resolved_vector_core_address(self) -> str:
+        return self.vector_core_address or VECTOR_CORE.address()

@@ -25,7 +25,7 @@ from multiprocessing.connection import Connection
 from typing import Any
 
 from lakestack_common.errors import LakestackError
-from lakestack_teckel_jobs import document, formats
+from lakestack_teckel_jobs import document, format_options, formats
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +35,7 @@ class WorkerConfig:
     """What every worker process needs; sent once when the process starts."""
 
     catalog: formats.CatalogConfig | None = None
+    vector: formats.VectorTarget | None = None  # vector-core, for `vector` outputs
     policy: document.Policy = document.DEFAULT_POLICY
     hook_timeout_s: float = 300.0
     enrich_enabled: bool = False
@@ -186,6 +187,8 @@ def remove_staging(task: Task, config: WorkerConfig) -> None:
     except LakestackError:
         return  # it never validated, so it never staged anything
     for output in pipeline.outputs:
+        if output.format in format_options.NAMED_DESTINATIONS:
+            continue  # tables and vector-core namespaces stage nothing on disk
         try:
             formats.remove_staging(output.path, task.tag)
         except OSError as exc:
@@ -268,7 +271,12 @@ def _worker_main(conn: Connection, config: WorkerConfig, parent_pid: int) -> Non
         try:
             pipeline = document.parse(task.yaml, task.variables, os.environ, config.policy)
             rows = runner.run(
-                pipeline, catalog=config.catalog, tag=task.tag, limits=limits, before_commit=before_commit
+                pipeline,
+                catalog=config.catalog,
+                tag=task.tag,
+                limits=limits,
+                before_commit=before_commit,
+                vector=config.vector,
             )
             result: tuple[Any, ...] = ("completed", "", rows)
         except LakestackError as exc:

@@ -1,4 +1,5 @@
-"""`lakestack up | status | down`: the whole stack as local processes, for laptops and tests."""
+"""`lakestack up | status | down`: the whole stack as local processes, for laptops and tests;
+`lakestack streams | lakehouse | jobs | das | vector | events ...`: each service by hand."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from lakestack_cli.commands import das, events, jobs, lakehouse, streams, vector
 from lakestack_cli.stack import (
     NATS,
     Member,
@@ -36,6 +38,13 @@ COLORS = {
     "vector_core": "blue",
     "streams": "red",
 }
+
+app.add_typer(streams.app, name="streams")
+app.add_typer(lakehouse.app, name="lakehouse")
+app.add_typer(jobs.app, name="jobs")
+app.add_typer(das.app, name="das")
+app.add_typer(vector.app, name="vector")
+app.add_typer(events.app, name="events")
 
 DataDir = Annotated[Path, typer.Option("--data-dir", "-d", help="where every service keeps its data")]
 

@@ -1,0 +1,1 @@
+"""One subcommand group per service: `lakestack streams|lakehouse|jobs|das|vector|events ...`."""

@@ -126,6 +126,9 @@ def bearer_interceptors(token: str) -> list[aio.ClientInterceptor]:
     ]
 
 
+RECONNECT_BACKOFF_MS = 1000
+
+
 def open_channel(
     target: str,
     *,
@@ -144,6 +147,10 @@ def open_channel(
         ("grpc.max_receive_message_length", max_message_bytes),
         ("grpc.max_send_message_length", max_message_bytes),
         ("grpc.keepalive_time_ms", 30_000),
+        # gRPC's reconnect backoff grows to 2 minutes while a peer is down; services restart in
+        # seconds, so reconnect at least every RECONNECT_BACKOFF_MS (calls fail fast meanwhile).
+        ("grpc.initial_reconnect_backoff_ms", RECONNECT_BACKOFF_MS // 4),
+        ("grpc.max_reconnect_backoff_ms", RECONNECT_BACKOFF_MS),
     ]
     interceptors: Sequence[aio.ClientInterceptor] = bearer_interceptors(token) if token else []
     if tls_ca_file is not None:

@@ -10,11 +10,13 @@ from lakestack_common.server import Service, Servicer
 from lakestack_das import server as handlers
 from lakestack_das.engine import Das, DasConfig
 from lakestack_das.settings import DasSettings
-from lakestack_das.sources.base import DataSource, SourceContext, SourceTypes
+from lakestack_das.sources.base import DataSource, SourceContext, SourceTypes, VectorIndex
 from lakestack_das.sources.files import FilesSource
 from lakestack_das.sources.lakehouse import LakehouseSource
 from lakestack_das.sources.mock import MockSource
 from lakestack_das.sources.sqlite import SqliteSource
+from lakestack_das.sources.vector import VectorSource
+from lakestack_das.vector_core import VectorCoreSearch
 from lakestack_protos.com.rawlabs.protocol.das.v1.services import (
     functions_service_pb2,
     functions_service_pb2_grpc,
@@ -26,10 +28,16 @@ from lakestack_protos.com.rawlabs.protocol.das.v1.services import (
     tables_service_pb2_grpc,
 )
 
-SOURCE_TYPES: tuple[type[DataSource], ...] = (SqliteSource, FilesSource, LakehouseSource, MockSource)
+SOURCE_TYPES: tuple[type[DataSource], ...] = (
+    SqliteSource,
+    FilesSource,
+    LakehouseSource,
+    VectorSource,
+    MockSource,
+)
 
 
-def das_config(settings: DasSettings) -> DasConfig:
+def das_config(settings: DasSettings, vector_index: VectorIndex | None = None) -> DasConfig:
     uri, warehouse = settings.resolved_lakehouse_catalog
     return DasConfig(
         data_dir=Path(settings.data_dir),
@@ -38,6 +46,7 @@ def das_config(settings: DasSettings) -> DasConfig:
             lakehouse_catalog_uri=uri,
             lakehouse_warehouse=warehouse,
             allowed_roots=tuple(settings.allowed_roots),
+            vector_index=vector_index,
         ),
         scan_threads=settings.scan_threads,
         call_threads=settings.call_threads,
@@ -55,7 +64,16 @@ class DasService(Service):
         self, settings: DasSettings, source_types: Sequence[type[DataSource]] = SOURCE_TYPES
     ) -> None:
         super().__init__(settings)
-        self.das = Das(das_config(settings), SourceTypes({t.type_name: t for t in source_types}))
+        self.vector_core = VectorCoreSearch(
+            settings.vector_core_address,
+            timeout_s=settings.vector_core_timeout_s,
+            token=settings.vector_core_token,
+        )
+        self.das = Das(
+            das_config(settings, self.vector_core),
+            SourceTypes({t.type_name: t for t in source_types}),
+            emit=self.events.emit,
+        )
 
     def servicers(self) -> list[Servicer]:
         return [
@@ -91,6 +109,7 @@ class DasService(Service):
 
     async def stop(self) -> None:
         await self.das.close()
+        await self.vector_core.close()
 
 
 def main() -> None:

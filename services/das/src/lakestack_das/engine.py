@@ -18,7 +18,7 @@ from typing import Any
 from lakestack_common.errors import Internal, InvalidArgument, LakestackError
 from lakestack_das.codec import RowEncoder, bind_arguments, coerce, kind_of
 from lakestack_das.query import Query, SortKey
-from lakestack_das.registry import Registry, make_run_blocking
+from lakestack_das.registry import Emit, Registry, make_run_blocking
 from lakestack_das.sources.base import DataSource, FunctionDef, Row, SourceContext, SourceTypes, Table
 from lakestack_das.streaming import ResultCache, chunk_limit, stream_chunks
 
@@ -50,12 +50,13 @@ class TableRef:
 
 
 class Das:
-    def __init__(self, config: DasConfig, types: SourceTypes) -> None:
+    def __init__(self, config: DasConfig, types: SourceTypes, emit: Emit | None = None) -> None:
+        """``emit(event, **data)`` publishes platform events (das_registered, das_unregistered)."""
         self.config = config
         self._scan_pool = ThreadPoolExecutor(config.scan_threads, thread_name_prefix="das-scan")
         self._call_pool = ThreadPoolExecutor(config.call_threads, thread_name_prefix="das-call")
         self.run = make_run_blocking(self._call_pool)
-        self.registry = Registry(config.data_dir / "das.db", types, config.context, self.run)
+        self.registry = Registry(config.data_dir / "das.db", types, config.context, self.run, emit)
         self.cache = ResultCache(config.cache_entries, config.cache_chunks)
 
     async def open(self) -> None:
@@ -158,6 +159,9 @@ class Das:
         if function is None:
             raise InvalidArgument(f"Function {name} not found")
         bound = bind_arguments(function, args)
+        call = source.async_function(name)
+        if call is not None:
+            return await call(bound), function
         return await self.run(source.execute_function, name, bound), function
 
 

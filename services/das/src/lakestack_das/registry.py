@@ -48,6 +48,14 @@ def identity_of(das_type: str, options: Mapping[str, str]) -> str:
     return json.dumps([das_type, kept], sort_keys=True)
 
 
+# Platform events (docs/events.md): emit(event, **data), never blocks nor raises.
+Emit = Callable[..., None]
+
+
+def _no_event(event: str, **data: Any) -> None:
+    pass
+
+
 @dataclass
 class Registration:
     id: str
@@ -63,8 +71,10 @@ class Registry:
         types: SourceTypes,
         context: SourceContext,
         run_blocking: Callable[..., Any],
+        emit: Emit | None = None,
     ) -> None:
         self._db_path = db_path
+        self._emit: Emit = emit or _no_event
         self._types = types
         self._context = context
         self._run_blocking = run_blocking  # (fn, *args) -> awaitable, on the engine's pool
@@ -122,6 +132,7 @@ class Registry:
                 (registration.id, das_type, json.dumps(registration.options), identity, time.time()),
             )
             self._registrations[registration.id] = registration
+            self._emit("das_registered", das_id=registration.id, type=das_type)
             return registration.id
 
     async def unregister(self, das_id: str) -> None:
@@ -133,6 +144,7 @@ class Registry:
                 log.warning("unregister of unknown DAS id %s", das_id)
                 return
             await self.db.execute("DELETE FROM registrations WHERE id = ?", (das_id,))
+            self._emit("das_unregistered", das_id=das_id, type=registration.type)
             if any(r.identity == registration.identity for r in self._registrations.values()):
                 return
             instance = self._instances.pop(registration.identity, None)

@@ -5,7 +5,7 @@ from typing import ClassVar
 from pydantic import Field
 
 from lakestack_common.config import ServiceSettings
-from lakestack_common.topology import DAS, ServiceInfo, lakehouse_catalog
+from lakestack_common.topology import DAS, VECTOR_CORE, ServiceInfo, lakehouse_catalog
 
 
 class DasSettings(ServiceSettings):
@@ -25,6 +25,12 @@ class DasSettings(ServiceSettings):
     # service's own defaults (LAKESTACK_LAKEHOUSE_CATALOG_URI / _WAREHOUSE, else its data dir).
     lakehouse_catalog_uri: str = ""
     lakehouse_warehouse: str = ""
+    # vector-core, which answers the `vector` DAS type's vector_search: where it listens
+    # (default LAKESTACK_VECTOR_CORE_ADDRESS, else localhost), the deadline of each search, and
+    # the bearer token when vector-core requires one.
+    vector_core_address: str = Field(default_factory=VECTOR_CORE.address)
+    vector_core_timeout_s: float = Field(10.0, gt=0)
+    vector_core_token: str | None = None
 
     @property
     def resolved_lakehouse_catalog(self) -> tuple[str, str]:

@@ -1,5 +1,6 @@
 """Composition root of the streams service: settings -> storage -> handlers -> server."""
 
+from collections.abc import Callable
 from types import ModuleType
 from typing import cast
 
@@ -17,11 +18,13 @@ from lakestack_streams.cluster.node import ClusterNode
 from lakestack_streams.cluster.routing import COLLECTIONS_ROUTES, KV_ROUTES, STREAMS_ROUTES, KeyOf, Router
 from lakestack_streams.collection_stores import Collections
 from lakestack_streams.kv import KeyValue
+from lakestack_streams.model import StreamConfig
 from lakestack_streams.nats_backend import NatsRegistry
 from lakestack_streams.objects import ObjectStore
 from lakestack_streams.registry import StreamRegistry
 from lakestack_streams.server import CollectionsHandlers, KvHandlers, StreamsHandlers
 from lakestack_streams.settings import StreamsSettings
+from lakestack_streams.store import StreamStore
 
 # Room left in a unary object response for everything but the payload (info, headers, framing).
 UNARY_ENVELOPE_BYTES = 64 * 1024
@@ -37,6 +40,28 @@ def _registry(settings: StreamsSettings) -> StreamRegistry:
     )
 
 
+def publish_lifecycle(registry: StreamRegistry, emit: Callable[..., None]) -> None:
+    """Platform events ``stream_created`` / ``stream_deleted`` (field ``stream``) for the streams
+    this node creates and deletes: CreateStream, DeleteStream, KV buckets, collections.
+
+    Hooked on the registry's create/delete rather than its topology EventHub: the hub also
+    reports a stream moving between cluster nodes (transfer, failover) as deleted on one node and
+    created on the other, which for the platform is neither."""
+    create, delete = registry.create, registry.delete
+
+    async def create_and_emit(config: StreamConfig) -> StreamStore:
+        store = await create(config)
+        emit("stream_created", stream=store.config.name)
+        return store
+
+    async def delete_and_emit(name: str) -> None:
+        await delete(name)
+        emit("stream_deleted", stream=name)
+
+    registry.create = create_and_emit  # type: ignore[method-assign]
+    registry.delete = delete_and_emit  # type: ignore[method-assign]
+
+
 class StreamsService(Service):
     name = "streams"
     settings: StreamsSettings
@@ -44,6 +69,7 @@ class StreamsService(Service):
     def __init__(self, settings: StreamsSettings, registry: StreamRegistry | None = None) -> None:
         super().__init__(settings)
         self.registry = registry if registry is not None else _registry(settings)
+        publish_lifecycle(self.registry, self.events.emit)
         self.kv = KeyValue(self.registry)
         self.collections = Collections(self.registry)
         self.objects = ObjectStore(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import os
 import signal
 import threading
@@ -17,7 +18,7 @@ from lakestack_common.interceptors import log_quietly
 from lakestack_common.server import Service, Servicer
 from lakestack_protos.core import core_pb2, core_pb2_grpc
 from lakestack_protos.lakestack.vector.v1 import shard_pb2, shard_pb2_grpc
-from lakestack_vector_core.engine import EngineConfig, ShardEngine
+from lakestack_vector_core.engine import Emit, EngineConfig, ShardEngine
 from lakestack_vector_core.gateway import Gateway, Limits
 from lakestack_vector_core.node import ShardNode
 from lakestack_vector_core.remote import ShardGroup
@@ -96,8 +97,10 @@ class VectorCoreService(Service):
         )
         self.gateway = Gateway(self.router, limits, self.pool)
         if settings.in_process or settings.role == "shard":
-            self.engine = ShardEngine(engine_config(settings), self.pool, self.maintenance)
             follower = settings.role == "shard" and settings.replica_index > 0
+            self.engine = ShardEngine(
+                engine_config(settings), self.pool, self.maintenance, self._namespace_events(follower)
+            )
             refusal = (
                 f"replica {settings.replica_index} of shard {settings.shard_index} follows its leader; "
                 "writes go to the leader"
@@ -107,6 +110,15 @@ class VectorCoreService(Service):
                 if not settings.leader_address:
                     raise ValueError("a follower (replica_index > 0) needs leader_address")
                 self.follower = Follower(self.engine, settings.leader_address, settings.replica_index)
+
+    def _namespace_events(self, follower: bool) -> Emit | None:
+        """Who reports namespace_created: the gateway holding the data; with shard processes,
+        each shard's leader (with its ``shard``: one event per shard the namespace reaches)."""
+        if follower:
+            return None
+        if self.settings.role == "shard":
+            return functools.partial(self.events.emit, shard=self.settings.shard_index)
+        return self.events.emit
 
     async def start(self) -> None:
         if self.engine is not None:

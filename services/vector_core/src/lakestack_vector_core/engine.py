@@ -67,9 +67,19 @@ class _Write:
     entries: list[core_pb2.LogEntry] | None = None  # or a follower's batch from the leader
 
 
+# Platform events (docs/events.md): emit(event, **data), never blocks nor raises.
+Emit = Callable[..., None]
+
+
 class ShardEngine:
-    def __init__(self, config: EngineConfig, pool: Executor, maintenance: Executor) -> None:
+    def __init__(
+        self, config: EngineConfig, pool: Executor, maintenance: Executor, emit: Emit | None = None
+    ) -> None:
+        """``emit`` gets ``namespace_created`` (namespace, dimension, metric) once per namespace
+        this shard creates, when a committed write of its own creates it (never for entries
+        replicated from a leader, nor at recovery)."""
         self.config = config
+        self._emit = emit
         self._pool = pool
         self._maintenance = maintenance
         self._namespaces: dict[str, Namespace] = {}
@@ -237,7 +247,10 @@ class ShardEngine:
             except LakestackError as exc:
                 pending.future.set_exception(exc)
         if planned:
-            await self._run(self._log_and_apply, planned)
+            created = await self._run(self._log_and_apply, planned)
+            if self._emit is not None:
+                for name, (dimension, metric) in created.items():
+                    self._emit("namespace_created", namespace=name, dimension=dimension, metric=metric.value)
         for pending, steps in planned:
             if not pending.future.done():
                 pending.future.set_result(steps[-1][0] if steps else next_offset - 1)
@@ -259,9 +272,13 @@ class ShardEngine:
             check_dimension(op.namespace, dim, op.vectors.shape[1], "index")
         return True
 
-    def _log_and_apply(self, planned: list[tuple[_Write, list[_Step]]]) -> None:
+    def _log_and_apply(self, planned: list[tuple[_Write, list[_Step]]]) -> dict[str, tuple[int, Metric]]:
+        """Log and apply; returns the namespaces this replica's own writes created (not the ones
+        replicated from its leader): name -> (dimension, metric)."""
         records: list[tuple[int, bytes]] = []
         ops: list[WriteOp] = []
+        created: dict[str, Metric] = {}
+        dimensions: dict[str, int] = {}  # of the namespaces created by this replica's own writes
         for _, steps in planned:
             for offset, op, entry in steps:
                 if entry is not None:
@@ -271,11 +288,14 @@ class ShardEngine:
                     assert op is not None
                     records.append((offset, encode_entry(offset, op)))
                 ops.append(op)
-        created = {
-            op.namespace: self.config.metric_for(op.namespace)
-            for op in ops
-            if isinstance(op, Upsert) and op.namespace not in self._metrics
-        }
+                if (
+                    isinstance(op, Upsert)
+                    and op.namespace not in self._metrics
+                    and op.namespace not in created
+                ):
+                    created[op.namespace] = self.config.metric_for(op.namespace)
+                    if entry is None:
+                        dimensions[op.namespace] = op.vectors.shape[1]
         with self._apply_lock:
             if created:
                 self._metrics.update(created)
@@ -285,6 +305,7 @@ class ShardEngine:
                 self._wal.append(records)
             for op in ops:
                 self._apply(op)
+        return {name: (dim, created[name]) for name, dim in dimensions.items()}
 
     def _apply(self, op: WriteOp) -> None:
         namespace = self._namespaces.get(op.namespace)

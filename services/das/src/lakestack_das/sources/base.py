@@ -13,10 +13,10 @@ Errors are :mod:`lakestack_common.errors` exceptions: a bad option or argument i
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, TypeAlias
+from typing import Any, ClassVar, Protocol, TypeAlias
 
 import pyarrow as pa
 
@@ -74,13 +74,35 @@ class FunctionDef:
 
 
 @dataclass(frozen=True)
+class VectorMatch:
+    id: str
+    score: float  # higher is better (a negated distance for euclidean namespaces)
+
+
+class VectorIndex(Protocol):
+    """The vector-core service as sources see it (the gRPC client is ``lakestack_das.vector_core``)."""
+
+    async def search(self, namespace: str, vector: Sequence[float], top_k: int) -> list[VectorMatch]:
+        """The ``top_k`` nearest vectors of ``namespace``, best first (empty if it does not exist).
+        Raises Unavailable when vector-core cannot be reached in time, InvalidArgument when it
+        refuses the query (e.g. a dimension other than the namespace's)."""
+        ...
+
+
+# A function served on the event loop: named arguments (bound) -> Python value of its return type.
+AsyncFunction = Callable[[Mapping[str, Any]], Awaitable[Any]]
+
+
+@dataclass(frozen=True)
 class SourceContext:
-    """What the server gives every source: where it may keep files and the lakehouse defaults."""
+    """What the server gives every source: where it may keep files, the lakehouse defaults and
+    the vector-core client."""
 
     data_dir: Path
     lakehouse_catalog_uri: str = ""
     lakehouse_warehouse: str = ""
     allowed_roots: tuple[Path, ...] = ()  # empty: any path
+    vector_index: VectorIndex | None = None
 
     def check_path(self, path: Path) -> Path:
         """``path`` resolved, refused unless under one of ``allowed_roots`` (when configured)."""
@@ -161,6 +183,12 @@ class DataSource:
         """Run function ``name`` with named ``args`` (coerced to the parameter types, defaults
         filled in by the engine); return a Python value of its return type."""
         raise InvalidArgument(f"Function {name} not found")
+
+    def async_function(self, name: str) -> AsyncFunction | None:
+        """A coroutine function serving function ``name`` on the event loop instead of
+        ``execute_function`` on a thread (functions that are calls to another service); None
+        for functions ``execute_function`` runs."""
+        return None
 
     def close(self) -> None:
         """Release connections and files; called when the last registration using it goes."""

@@ -99,6 +99,9 @@ def member_env(members: list[Member], data_dir: Path, log_format: str) -> dict[s
         env[prefix + "DATA_DIR"] = str(data_dir / m.name)
         env[prefix + "LOG_FORMAT"] = log_format
         env[prefix + "ADDRESS"] = m.address
+    # teckel-jobs and das find the lakehouse's Iceberg catalog from its data dir, even when
+    # `--only` leaves the lakehouse out of this stack.
+    env.setdefault("LAKESTACK_LAKEHOUSE_DATA_DIR", str(data_dir / "lakehouse"))
     env["PYTHONUNBUFFERED"] = "1"
     return env
 
@@ -148,6 +151,7 @@ class Supervisor:
         self.on_line = on_line
         self.grace_s = grace_s
         self.processes: dict[str, asyncio.subprocess.Process] = {}
+        self.env: dict[str, str] = {}
         self._relays: list[asyncio.Task[None]] = []
         self.state = StackState(str(data_dir), os.getpid(), members)
 
@@ -161,33 +165,53 @@ class Supervisor:
 
     async def start(self) -> None:
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        logs = self.data_dir / "logs"
-        logs.mkdir(exist_ok=True)
-        env = member_env(self.members, self.data_dir, self.log_format)
+        (self.data_dir / "logs").mkdir(exist_ok=True)
+        self.env = member_env(self.members, self.data_dir, self.log_format)
         for member in self.members:
-            process = await asyncio.create_subprocess_exec(
-                *member_command(member, self.data_dir),
-                env=env,
-                stdin=asyncio.subprocess.DEVNULL,
-                stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.STDOUT,
-            )
-            assert process.stdout is not None
-            member.pid = process.pid
-            self.processes[member.name] = process
-            self._relays.append(
-                asyncio.create_task(self._relay(member.name, process.stdout, logs / f"{member.name}.log"))
-            )
+            await self._spawn(member)
+        self.state.save()
+
+    async def _spawn(self, member: Member) -> None:
+        process = await asyncio.create_subprocess_exec(
+            *member_command(member, self.data_dir),
+            env=self.env,
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT,
+        )
+        assert process.stdout is not None
+        member.pid = process.pid
+        self.processes[member.name] = process
+        log_file = self.data_dir / "logs" / f"{member.name}.log"
+        self._relays.append(asyncio.create_task(self._relay(member.name, process.stdout, log_file)))
+
+    async def kill(self, name: str, sig: signal.Signals = signal.SIGKILL) -> int:
+        """Send ``sig`` (default: kill -9) to one member and wait until it exits; its return code."""
+        process = self.processes[name]
+        if process.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                process.send_signal(sig)
+        return await process.wait()
+
+    async def restart(self, name: str) -> None:
+        """Start one member again (after it exited or was killed) with the same command, port and
+        environment as before; wait_serving(names=[name]) tells when it answers again."""
+        process = self.processes[name]
+        if process.returncode is None:
+            raise RuntimeError(f"{name} is still running (pid {process.pid})")
+        await self._spawn(next(m for m in self.members if m.name == name))
         self.state.save()
 
     async def wait_serving(
         self,
         timeout_s: float = 120.0,
         on_change: Callable[[Member, str], Awaitable[None] | None] | None = None,
+        names: list[str] | None = None,
     ) -> None:
-        """Wait until every member answers SERVING; raise if one exits or time runs out."""
+        """Wait until every member (or those in ``names``) answers SERVING; raise if one exits or
+        time runs out."""
         deadline = time.monotonic() + timeout_s
-        pending = {m.name: m for m in self.members}
+        pending = {m.name: m for m in self.members if names is None or m.name in names}
         while pending:
             for name, member in list(pending.items()):
                 process = self.processes[name]

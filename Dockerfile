@@ -58,8 +58,8 @@ ARG UID=10001
 RUN groupadd --system --gid "${UID}" lakestack \
  && useradd --uid "${UID}" --gid lakestack --no-create-home --home-dir /app \
       --shell /usr/sbin/nologin lakestack \
- && mkdir -p /data \
- && chown lakestack:lakestack /data
+ && mkdir -p /data /lakehouse \
+ && chown lakestack:lakestack /data /lakehouse
 
 COPY --from=build /app/.venv /app/.venv
 

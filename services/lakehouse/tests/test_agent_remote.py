@@ -6,10 +6,8 @@ Waits poll until a deadline; nothing asserts timing."""
 
 from __future__ import annotations
 
-import asyncio
 import json
-import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -17,7 +15,7 @@ from typing import Any, TypeVar
 import pytest
 
 from lakestack_common.clients import LakehouseClient, StreamsClient, TeckelClient
-from lakestack_common.testing import channel_to, running
+from lakestack_common.testing import channel_to, eventually, running
 from lakestack_common.topology import STREAMS, free_port
 from lakestack_lakehouse.app import LakehouseService
 from lakestack_lakehouse.settings import LakehouseSettings
@@ -33,17 +31,6 @@ from .test_agent import FakeLLM, call, completion, llm  # noqa: F401 - llm is a 
 
 T = TypeVar("T")
 DEADLINE_S = 60.0
-
-
-async def eventually(check: Callable[[], Awaitable[T]], what: str, timeout_s: float = DEADLINE_S) -> T:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        result = await check()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not within {timeout_s:g} s: {what} (last: {result!r})")
-        await asyncio.sleep(0.05)
 
 
 @dataclass

@@ -6,12 +6,11 @@ Waits poll a status or the events stream until a deadline; nothing asserts timin
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import re
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -24,7 +23,7 @@ from pyiceberg.types import LongType, NestedField, StringType
 
 from lakestack_common.clients import LakehouseClient, StreamsClient
 from lakestack_common.platform_events import EVENTS_STREAM, EventPublisher, PlatformEvent
-from lakestack_common.testing import channel_to, running
+from lakestack_common.testing import channel_to, eventually, running
 from lakestack_common.topology import STREAMS
 from lakestack_lakehouse.app import LakehouseService
 from lakestack_lakehouse.catalog import default_config
@@ -42,17 +41,6 @@ T = TypeVar("T")
 DEADLINE_S = 60.0
 APPENDS = 6
 FUTURE = "2999-01-01T00:00:00Z"
-
-
-async def eventually(check: Callable[[], Awaitable[T]], what: str, timeout_s: float = DEADLINE_S) -> T:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        result = await check()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not within {timeout_s:g} s: {what} (last: {result!r})")
-        await asyncio.sleep(0.05)
 
 
 def rows(start: int, count: int) -> pa.Table:

@@ -8,8 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,7 +22,7 @@ from pyiceberg.table import Table
 
 from lakestack_common.clients import StreamsClient
 from lakestack_common.errors import FailedPrecondition, InvalidArgument, NotFound
-from lakestack_common.testing import channel_to, running
+from lakestack_common.testing import channel_to, eventually, running
 from lakestack_lakehouse import pipelines
 from lakestack_lakehouse.pipelines import (
     PipelineManager,
@@ -116,17 +115,6 @@ async def publish(
 
 def events(ids: range, **extra: Any) -> list[bytes]:
     return [json.dumps({"id": i, "name": f"n{i}", "amount": i * 1.5, **extra}).encode() for i in ids]
-
-
-async def eventually(check: Callable[[], Awaitable[T]], what: str, timeout_s: float = DEADLINE_S) -> T:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        result = await check()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not within {timeout_s:g} s: {what} (last: {result!r})")
-        await asyncio.sleep(0.05)
 
 
 async def wait_status(

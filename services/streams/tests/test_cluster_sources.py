@@ -8,11 +8,11 @@ import asyncio
 from pathlib import Path
 
 from lakestack_common.clients import StreamsClient
+from lakestack_common.testing import eventually
 from lakestack_protos.waymaker.streams import waymaker_streams_pb2 as pb
 from lakestack_streams.cluster.membership import Membership, parse_members
 
 from .cluster_harness import StreamsCluster, streams_cluster
-from .polling import eventually
 
 
 def names_on_distinct_owners(cluster: StreamsCluster, prefixes: list[str]) -> list[str]:

@@ -7,9 +7,8 @@ import asyncio
 from pathlib import Path
 
 from lakestack_common.natsserver import NatsServers
+from lakestack_common.testing import eventually
 from lakestack_streams.cluster.authority import AuthorityOverride, NatsAuthority
-
-from .polling import eventually
 
 
 async def test_two_nodes_share_overrides_through_nats(tmp_path: Path) -> None:

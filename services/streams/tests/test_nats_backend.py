@@ -18,15 +18,13 @@ import pytest
 
 from lakestack_common.clients import StreamsClient
 from lakestack_common.natsserver import NatsServers
-from lakestack_common.testing import channel_to, running
+from lakestack_common.testing import channel_to, eventually, running
 from lakestack_protos.waymaker.streams import waymaker_streams_pb2 as pb
 from lakestack_streams.app import StreamsService
 from lakestack_streams.model import Message, PublishRequest, StreamConfig
 from lakestack_streams.nats_backend import NatsRegistry
 from lakestack_streams.registry import StreamRegistry
 from lakestack_streams.settings import StreamsSettings
-
-from .polling import eventually
 
 pytestmark = pytest.mark.skipif(
     not (Path(sys.executable).parent / "nats-server").exists(), reason="nats-server binary not installed"

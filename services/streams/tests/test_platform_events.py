@@ -8,12 +8,10 @@ from pathlib import Path
 
 from lakestack_common.clients import StreamsClient
 from lakestack_common.platform_events import EVENTS_STREAM, streams_publisher
-from lakestack_common.testing import channel_to, running
+from lakestack_common.testing import channel_to, eventually, running
 from lakestack_protos.waymaker.streams import waymaker_streams_pb2 as pb
 from lakestack_streams.app import StreamsService
 from lakestack_streams.settings import StreamsSettings
-
-from .polling import eventually
 
 
 async def test_events_published_in_order_and_readable(tmp_path: Path) -> None:

@@ -11,6 +11,7 @@ import pytest
 
 from lakestack_common.clients import StreamsClient
 from lakestack_common.natsserver import NatsServers
+from lakestack_common.testing import eventually
 from lakestack_protos.waymaker.streams import waymaker_streams_pb2 as pb
 from lakestack_streams.cluster.transfer import TransferSummary, verify_transfer
 from lakestack_streams.errors import TransferCorrupted
@@ -18,7 +19,6 @@ from lakestack_streams.model import PublishRequest, StreamConfig
 from lakestack_streams.store import StreamStore
 
 from .cluster_harness import StreamsCluster, streams_cluster
-from .polling import eventually
 
 SETTINGS = {"rebalance_step_timeout_s": "5"}
 

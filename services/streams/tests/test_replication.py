@@ -12,11 +12,11 @@ from typing import Any
 
 import pytest
 
+from lakestack_common.testing import eventually
 from lakestack_protos.waymaker.streams import waymaker_streams_pb2 as pb
 from lakestack_streams.cluster.membership import Membership
 
 from .cluster_harness import StreamsCluster, streams_cluster
-from .polling import eventually
 
 
 def dump(path: Path) -> dict[str, Any]:

@@ -11,12 +11,10 @@ from pathlib import Path
 import pytest
 
 from lakestack_common.clients import StreamsClient
-from lakestack_common.testing import channel_to, running
+from lakestack_common.testing import channel_to, eventually, running
 from lakestack_protos.waymaker.streams import waymaker_streams_pb2 as pb
 from lakestack_streams.app import StreamsService
 from lakestack_streams.settings import StreamsSettings
-
-from .polling import eventually
 
 WAIT_S = 20.0
 

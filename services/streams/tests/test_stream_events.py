@@ -13,13 +13,11 @@ from lakestack_common import server as server_module
 from lakestack_common.clients import StreamsClient
 from lakestack_common.platform_events import EVENTS_STREAM, EventPublisher, PlatformEvent, streams_publisher
 from lakestack_common.server import GrpcServer
-from lakestack_common.testing import channel_to, running
+from lakestack_common.testing import channel_to, eventually, running
 from lakestack_common.topology import free_port
 from lakestack_protos.waymaker.streams import waymaker_streams_pb2 as pb
 from lakestack_streams.app import StreamsService
 from lakestack_streams.settings import StreamsSettings
-
-from .polling import eventually
 
 
 def create_request(name: str) -> pb.CreateStreamRequest:

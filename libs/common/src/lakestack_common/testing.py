@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import os
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from grpc import aio
 
@@ -60,3 +61,24 @@ def spawn_service(
         return subprocess.Popen(
             [str(Path(sys.executable).parent / script)], env=env, stdout=fh, stderr=subprocess.STDOUT
         )
+
+
+T = TypeVar("T")
+
+
+async def eventually(
+    check: Callable[[], Awaitable[T] | T], what: str = "", timeout_s: float = 60.0, every_s: float = 0.05
+) -> T:
+    """Call ``check`` (sync or async) until it returns a truthy value, and return that value:
+    for waiting on background work (tails, pipelines, replication). ``timeout_s`` only guards
+    against a hang."""
+    deadline = asyncio.get_running_loop().time() + timeout_s
+    while True:
+        result = check()
+        if inspect.isawaitable(result):
+            result = await result
+        if result:
+            return result  # type: ignore[return-value]
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError(f"not within {timeout_s:g} s: {what or check} (last: {result!r})")
+        await asyncio.sleep(every_s)

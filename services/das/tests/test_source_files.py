@@ -20,6 +20,9 @@ from lakestack_das.query import COMPARISONS, Op, Qual, Quantifier, Query, SortKe
 from lakestack_das.sources import polars_pushdown as pushdown
 from lakestack_das.sources.base import Batch, SourceContext, Table
 from lakestack_das.sources.files import FilesSource, table_name
+from lakestack_protos.com.rawlabs.protocol.das.v1.query import query_pb2
+
+from .conftest import DasFactory, accepted_sort_keys, register_das, sorted_rows
 
 # ---------------------------------------------------------------- data
 
@@ -474,9 +477,63 @@ def test_sort_several_keys_with_projection(typed: tuple[FilesSource, list[dict[s
 
 def test_sort_orders_accepts_a_prefix(typed: tuple[FilesSource, list[dict[str, Any]]]) -> None:
     table = typed[0].table("typed")
-    keys = [SortKey("id", 1), SortKey("name", 5, collate="C"), SortKey("day", 6)]
+    keys = [SortKey("id", 1), SortKey("name", 5, collate="en_US"), SortKey("day", 6)]
     assert table.sort_orders(keys) == keys[:1]
     assert table.sort_orders([SortKey("nope", 99), SortKey("id", 1)]) == []
+
+
+@pytest.mark.parametrize("descending", [False, True])
+@pytest.mark.parametrize("nulls_first", [False, True])
+def test_text_sort_under_the_c_collation(
+    typed: tuple[FilesSource, list[dict[str, Any]]], descending: bool, nulls_first: bool
+) -> None:
+    source, rows = typed
+    table = source.table("typed")
+    keys = [SortKey("name", 5, descending, nulls_first, collate="C"), SortKey("day", 6), SortKey("id", 1)]
+    assert table.sort_orders(keys) == keys
+    assert _ids(table, Query(sort_keys=tuple(keys))) == _sort_reference(rows, keys)
+
+
+def test_text_sort_refused_under_other_collations(typed: tuple[FilesSource, list[dict[str, Any]]]) -> None:
+    table = typed[0].table("typed")
+    first = SortKey("id", 1)
+    for collate in ("en_US", "en_US.utf8", "und-x-icu", "c", "default"):
+        assert table.sort_orders([first, SortKey("name", 5, collate=collate)]) == [first], collate
+    assert table.sort_orders([SortKey("day", 6, collate="C")]) == []  # no collation applies to a date
+
+
+# Distinct strings whose code point order (Postgres' "C") differs from a locale's and from UTF-16's
+# (Java's String order puts U+1F600 before U+FB00).
+WORDS = ["b", "B", "a", None, "é", "z", "Z", "ab", "", "\U0001f600", "\ufb00", "ä", "a b", "A"]
+
+
+async def test_text_sort_keys_through_the_server(das_server: DasFactory, tmp_path: Path) -> None:
+    """GetTableSortOrders accepts a text key under "C" (plain strings and dictionary-encoded ones,
+    read as Polars categoricals) and ExecuteTable returns the rows in Postgres' "C" order; the
+    default collation ("") and locales are declined, so Postgres sorts itself."""
+    ids = list(range(len(WORDS)))
+    words = pa.table(
+        {"id": ids, "word": pa.array(WORDS, pa.string()), "tag": pa.array(WORDS).dictionary_encode()}
+    )
+    pq.write_table(words, tmp_path / "words.parquet")
+    assert pl.scan_parquet(tmp_path / "words.parquet").collect_schema()["tag"] == pl.Categorical
+    present = sorted(w for w in WORDS if w is not None)
+    async with das_server() as client:
+        das_id = await register_das(client, "files", path=str(tmp_path / "words.parquet"))
+        for column, pos in (("word", 2), ("tag", 3)):
+            for descending, nulls_first in ((False, False), (False, True), (True, False), (True, True)):
+                keys = [
+                    query_pb2.SortKey(
+                        name=column, pos=pos, is_reversed=descending, nulls_first=nulls_first, collate="C"
+                    )
+                ]
+                assert await accepted_sort_keys(client, das_id, "words", keys) == keys
+                got = [r[column] for r in await sorted_rows(client, das_id, "words", keys, [column])]
+                ordered = present[::-1] if descending else present
+                assert got == ([None, *ordered] if nulls_first else [*ordered, None]), (column, descending)
+            for collate in ("", "en_US"):
+                keys = [query_pb2.SortKey(name=column, pos=pos, collate=collate)]
+                assert await accepted_sort_keys(client, das_id, "words", keys) == [], collate
 
 
 def test_sort_orders_refuses_lists(mixed: Path) -> None:

@@ -31,6 +31,9 @@ from lakestack_das.query import COMPARISONS, Op, Qual, Quantifier, Query, SortKe
 from lakestack_das.sources import lakehouse
 from lakestack_das.sources.base import SourceContext
 from lakestack_das.sources.lakehouse import LakehouseSource, LakehouseTable, iceberg_expression
+from lakestack_protos.com.rawlabs.protocol.das.v1.query import query_pb2
+
+from .conftest import DasFactory, accepted_sort_keys, register_das, sorted_rows
 
 ORDERS = Schema(
     NestedField(1, "id", LongType(), required=True, doc="order number"),
@@ -339,6 +342,55 @@ def test_sort_keys_refused_for_big_tables(orders: LakehouseTable, monkeypatch: p
     assert orders.sort_orders([SortKey("id", 1, collate="C")]) == []
     monkeypatch.setattr(lakehouse, "MAX_SORT_ROWS", BATCHES * PER_BATCH - 1)
     assert orders.sort_orders(keys) == []
+
+
+# Postgres' "C" order of the distinct customers: by code point, capitals before small letters
+# and "é" after "z" (a locale such as en_US would give ann, ANN, a.b, ...).
+C_ORDER = ["ANN", "Bob", "a%b", "a.b", "ann", "carl", "dora", "émile"]
+
+
+@pytest.mark.parametrize(
+    ("descending", "nulls_first"), [(False, False), (False, True), (True, False), (True, True)]
+)
+@pytest.mark.parametrize("collate", ["C", "POSIX", "ucs_basic", "pg_c_utf8"])
+def test_text_sort_under_a_byte_order_collation(
+    orders: LakehouseTable, collate: str, descending: bool, nulls_first: bool
+) -> None:
+    text = SortKey("customer", 2, descending=descending, nulls_first=nulls_first, collate=collate)
+    keys = [text, SortKey("id", 1)]
+    assert orders.sort_orders(keys) == keys
+    got = _rows(orders, Query(sort_keys=tuple(keys), columns=("id", "customer")))
+    assert [r["id"] for r in got] == _sorted_reference(keys)
+    names = list(dict.fromkeys(r["customer"] for r in got))
+    in_order = C_ORDER[::-1] if descending else C_ORDER
+    assert names == ([None, *in_order] if nulls_first else [*in_order, None])
+
+
+def test_text_sort_refused_under_other_collations(orders: LakehouseTable) -> None:
+    first = SortKey("id", 1)
+    for collate in ("en_US", "en_US.utf8", "und-x-icu", "c", "default"):
+        assert orders.sort_orders([first, SortKey("customer", 2, collate=collate)]) == [first], collate
+
+
+async def test_text_sort_keys_through_the_server(
+    das_server: DasFactory, catalog: SqlCatalog, tmp_path: Path
+) -> None:
+    """What Postgres sends for ORDER BY customer COLLATE "C" is accepted and honoured; the
+    default collation ("") or a locale is declined, so Postgres sorts itself."""
+    async with das_server() as client:
+        das_id = await register_das(client, "lakehouse", **_options(tmp_path, namespace="sales"))
+        for descending, nulls_first in ((False, False), (False, True), (True, False), (True, True)):
+            text = query_pb2.SortKey(
+                name="customer", pos=2, is_reversed=descending, nulls_first=nulls_first, collate="C"
+            )
+            keys = [text, query_pb2.SortKey(name="id", pos=1)]
+            assert await accepted_sort_keys(client, das_id, "orders", keys) == keys
+            got = await sorted_rows(client, das_id, "orders", keys, ["id", "customer"])
+            reference = [SortKey("customer", 2, descending, nulls_first, "C"), SortKey("id", 1)]
+            assert [r["id"] for r in got] == _sorted_reference(reference)
+        for collate in ("", "en_US"):
+            keys = [query_pb2.SortKey(name="customer", pos=2, collate=collate)]
+            assert await accepted_sort_keys(client, das_id, "orders", keys) == [], collate
 
 
 def test_stop_ends_the_scan_between_files(orders: LakehouseTable) -> None:

@@ -384,6 +384,32 @@ def test_sort_orders_accept_a_prefix(source: SqliteSource) -> None:
     assert table.sort_orders([SortKey("nope", 99), first]) == []
 
 
+@pytest.mark.parametrize("declared", ["", " COLLATE NOCASE", " COLLATE RTRIM"])
+def test_text_sorts_in_c_order_whatever_the_declared_collation(tmp_path: Path, declared: str) -> None:
+    """SQLite's BINARY order is Postgres' "C" order; a column declared with another SQLite
+    collation (NOCASE, RTRIM) is still sorted by code point."""
+    words = ["b", "B", "a", "A", "é", "z", "Z", "ab", "a ", "", "\ufb00", "\U0001f600", None]
+    path = make_db(tmp_path / "words.db", f"CREATE TABLE words(id INTEGER PRIMARY KEY, w TEXT{declared});")
+    with sqlite3.connect(path) as conn:
+        conn.executemany("INSERT INTO words VALUES (?, ?)", list(enumerate(words)))
+    conn.close()
+    src = open_source(path)
+    try:
+        table = sqlite_table(src, "words")
+        present = sorted(w for w in words if w is not None)
+        for collate in ("C", "POSIX", "ucs_basic", "pg_c_utf8"):
+            for descending in (False, True):
+                for nulls_first in (False, True):
+                    keys = (SortKey("w", 2, descending, nulls_first, collate),)
+                    assert table.sort_orders(keys) == list(keys)
+                    ordered = present[::-1] if descending else present
+                    expected = [None, *ordered] if nulls_first else [*ordered, None]
+                    assert [r["w"] for r in rows(table, Query(sort_keys=keys))] == expected, keys
+        assert table.sort_orders([SortKey("w", 2, collate="en_US")]) == []
+    finally:
+        src.close()
+
+
 def test_limit_only_when_every_qual_is_applied(source: SqliteSource) -> None:
     table = sqlite_table(source, "items")
     pushed = Qual("flag", Op.EQUALS, (True,))

@@ -17,7 +17,7 @@ from typing import Any
 
 from lakestack_common.errors import Internal, InvalidArgument, LakestackError
 from lakestack_das.codec import RowEncoder, bind_arguments, coerce, kind_of
-from lakestack_das.query import Query, SortKey
+from lakestack_das.query import BYTE_ORDER_COLLATIONS, Query, SortKey
 from lakestack_das.registry import Emit, Registry, make_run_blocking
 from lakestack_das.sources.base import DataSource, FunctionDef, Row, SourceContext, SourceTypes, Table
 from lakestack_das.streaming import ResultCache, chunk_limit, stream_chunks
@@ -165,14 +165,11 @@ class Das:
         return await self.run(source.execute_function, name, bound), function
 
 
-# Collations under which text sorts by code point, as our sources sort it.
-BYTE_ORDER_COLLATIONS = frozenset({"C", "POSIX", "ucs_basic"})
-
-
 def accepted_sort_keys(table: Table, keys: Sequence[SortKey]) -> list[SortKey]:
     """The prefix of ``keys`` the table returns rows in, stopped before the first text key that
-    does not name a byte-order collation: the client's default collation (sent as "") may be a
-    locale (en_US), whose order no source here reproduces, and the client never re-sorts."""
+    does not name a byte-order collation (:data:`BYTE_ORDER_COLLATIONS`): the client's default
+    collation (sent as "") may be a locale (en_US), whose order no source here reproduces, and
+    the client never re-sorts."""
     types = {c.name: kind_of(c.type) for c in table.definition.columns}
     accepted: list[SortKey] = []
     for key in table.sort_orders(keys):

@@ -115,6 +115,16 @@ SQL_OPERATORS = {
 }
 
 
+# PostgreSQL collations that order text by code point (in a UTF-8 database: bytewise, strcmp):
+# "C" and its alias "POSIX", "ucs_basic" and PG 17's builtin "pg_c_utf8". This is the order every
+# source here sorts text in (Polars compares UTF-8 bytes, SQLite's BINARY collation memcmp), so a
+# text sort key is honoured only under one of these. The client sends a key's collation only for
+# an explicit ORDER BY ... COLLATE other than the database default (multicorn2 deparses a plain
+# column as collate NULL, sent as ""); "" therefore means the column's own collation, which the
+# DAS cannot know and is usually a locale (en_US.UTF-8), so text keys with "" are declined too.
+BYTE_ORDER_COLLATIONS = frozenset({"C", "POSIX", "ucs_basic", "pg_c_utf8"})
+
+
 @dataclass(frozen=True)
 class SortKey:
     """One ORDER BY key as the client sends it; ``pos`` is the column's attnum, which the client

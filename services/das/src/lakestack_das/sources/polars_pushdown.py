@@ -31,7 +31,16 @@ import pyarrow as pa
 
 from lakestack_common.errors import InvalidArgument
 from lakestack_das.codec import Interval
-from lakestack_das.query import COMPARISONS, PATTERNS, Op, Qual, Quantifier, Query, SortKey
+from lakestack_das.query import (
+    BYTE_ORDER_COLLATIONS,
+    COMPARISONS,
+    PATTERNS,
+    Op,
+    Qual,
+    Quantifier,
+    Query,
+    SortKey,
+)
 
 Schema = Mapping[str, pl.DataType]
 
@@ -287,11 +296,23 @@ def sortable(dtype: pl.DataType) -> bool:
     )
 
 
+def sorts_as(key: SortKey, dtype: pl.DataType) -> bool:
+    """Polars orders a column of ``dtype`` as PostgreSQL orders ``key``'s: a sortable type and,
+    for text, a byte-order collation (Polars compares strings, and categoricals cast to strings,
+    by their UTF-8 bytes: code point order, the "C" collation) or none (the source's own order;
+    the engine declines it for text). Other types take no collation."""
+    if not sortable(dtype):
+        return False
+    if _is_stringlike(dtype):
+        return not key.collate or key.collate in BYTE_ORDER_COLLATIONS
+    return not key.collate
+
+
 def accepted_sort_keys(keys: Sequence[SortKey], schema: Schema) -> list[SortKey]:
-    """The longest prefix of ``keys`` Polars can honour: known sortable columns, no collation."""
+    """The longest prefix of ``keys`` Polars can honour (:func:`sorts_as`)."""
     accepted: list[SortKey] = []
     for key in keys:
-        if key.collate or key.name not in schema or not sortable(schema[key.name]):
+        if key.name not in schema or not sorts_as(key, schema[key.name]):
             break
         accepted.append(key)
     return accepted
@@ -356,8 +377,9 @@ def plan(query: Query, schema: Schema, *, extra_applied: Sequence[Qual] = ()) ->
     applied, predicate = split(pending, schema)
     columns = tuple(c for c in query.columns if c in schema) if query.columns else tuple(schema)
     for key in query.sort_keys:
-        if key.name not in schema or not sortable(schema[key.name]):
-            raise InvalidArgument(f"cannot sort by {key.name!r}")
+        if key.name not in schema or not sorts_as(key, schema[key.name]):
+            collation = f" COLLATE {key.collate}" if key.collate else ""
+            raise InvalidArgument(f"cannot sort by {key.name!r}{collation}")
     all_applied = [*extra_applied, *applied]
     return Pushdown(
         query=query,

@@ -15,7 +15,8 @@ How SQLite's dynamic typing is made to fit DAS columns:
 
   - long, double: the column itself (numeric affinity) - native, indexes usable;
   - string: the column, or ``CAST(col AS TEXT)`` when its affinity is not TEXT (so ``5`` and
-    ``'5'`` compare alike); text compares by code point (BINARY), as Postgres' "C" collation;
+    ``'5'`` compare alike); text compares by code point (BINARY), as Postgres' "C" collation
+    (ORDER BY says ``COLLATE BINARY``, overriding a column's declared NOCASE or RTRIM);
   - binary: ``CAST(col AS BLOB)``;
   - bool, decimal, date, time, timestamp: stored in many shapes (``1``/``'true'``, ``12.3``/
     ``'12.30'``, ISO text/unix numbers), so they are compared through deterministic functions
@@ -65,6 +66,7 @@ import pyarrow as pa
 from lakestack_common.errors import Internal, InvalidArgument, LakestackError, Unavailable, Unimplemented
 from lakestack_das.codec import Interval, arrow_type_for, coerce, scalar
 from lakestack_das.query import (
+    BYTE_ORDER_COLLATIONS,
     PATTERNS,
     SQL_OPERATORS,
     SUPPORTED,
@@ -94,7 +96,6 @@ PROGRESS_OPS = 1000  # SQLite VM steps between two polls of the stop event
 BULK_INSERT_SIZE = 1000
 SMALL_TABLE_ROWS = 20_000  # tables up to this size are counted exactly for estimates
 _COUNT_BUDGET_POLLS = 500  # ... and the count gives up after this many progress polls
-_ACCEPTED_COLLATIONS = ("", "C", "POSIX")  # SQLite's BINARY order is Postgres' "C" order
 # Selectivity guesses (Postgres' defaults where it has one).
 _EQ_SEL = 0.005
 _RANGE_SEL = 1 / 3
@@ -659,7 +660,10 @@ class SqliteTable(Table):
         accepted: list[SortKey] = []
         for key in keys:
             column = self._columns.get(key.name)
-            if column is None or column.compare_sql is None or key.collate not in _ACCEPTED_COLLATIONS:
+            if column is None or column.compare_sql is None:
+                break
+            # Text sorts with SQLite's BINARY collation (memcmp of UTF-8: Postgres' "C" order).
+            if key.collate and (column.kind != "string" or key.collate not in BYTE_ORDER_COLLATIONS):
                 break
             accepted.append(key)
         return accepted
@@ -742,11 +746,13 @@ class SqliteTable(Table):
                 raise InvalidArgument(f"table {self._meta.name} cannot return rows ordered by {key.name!r}")
             direction = "DESC" if key.descending else "ASC"
             nulls = "FIRST" if key.nulls_first else "LAST"
+            # BINARY whatever collation the column declares (NOCASE, RTRIM): Postgres' "C" order.
+            expr = f"{column.compare_sql} COLLATE BINARY" if column.kind == "string" else column.compare_sql
             if _NULLS_SYNTAX:
-                order.append(f"{column.compare_sql} {direction} NULLS {nulls}")
+                order.append(f"{expr} {direction} NULLS {nulls}")
             else:
                 order.append(f"({column.quoted} IS NULL) {'DESC' if key.nulls_first else 'ASC'}")
-                order.append(f"{column.compare_sql} {direction}")
+                order.append(f"{expr} {direction}")
         select = ", ".join(c.value_sql for c in columns) if columns else "1"
         sql = f"SELECT {select} FROM {quote(self._meta.name)}"
         if conditions:

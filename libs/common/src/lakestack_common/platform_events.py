@@ -98,7 +98,7 @@ class EventPublisher:
     def pending(self) -> int:
         return len(self._buffer)
 
-    def emit(self, event: str, **data: Any) -> None:
+    def emit(self, event: str, /, **data: Any) -> None:
         """Queue ``event`` with its ``data`` (JSON-serialisable). Never blocks, never raises."""
         if self._send is None:
             return

@@ -203,14 +203,18 @@ async def test_step3_das_serves_mart_daily_with_pushdown_and_vector_search(
         "mart__daily",
         columns=["day", "category", "events", "amount", "first_id"],
         quals=[qual("category", "=", "games"), qual("day", ">=", "2026-01-20")],
-        sort=["first_id"],  # a number: das accepts no sort on text columns of Iceberg tables
+        sort=["first_id"],
         limit=5,
     )
     assert await das_sort_orders(clients.das, das_id, "mart__daily", ["first_id"]) == ["first_id"]
     plan = await das_explain(clients.das, das_id, query)
     row_filter = next(line for line in plan if line.startswith("Iceberg row filter:"))
-    assert "category" in row_filter and "games" in row_filter and "day" in row_filter, plan
-    rows = await das_rows(clients.das, das_id, query)
+    assert "category" in row_filter and "games" in row_filter, plan
+    # What Postgres does with the answer: recheck every qual, then limit. (das leaves range quals
+    # on text to Postgres, whose collation it cannot see, and then applies no limit itself.)
+    served = await das_rows(clients.das, das_id, query)
+    rows = [r for r in served if r["category"] == "games" and r["day"] >= "2026-01-20"][:5]
+    assert [r["first_id"] for r in served] == sorted(r["first_id"] for r in served)  # sort pushed down
     expected = expected_daily()
     days = [f"2026-01-{d:02d}" for d in range(20, 25)]
     assert [(r["day"], r["category"], r["events"], cents(r["amount"])) for r in rows] == [

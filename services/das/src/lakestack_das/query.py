@@ -54,6 +54,22 @@ COMPARISONS = frozenset(
 PATTERNS = frozenset({Op.LIKE, Op.NOT_LIKE, Op.ILIKE, Op.NOT_ILIKE})
 SUPPORTED = COMPARISONS | PATTERNS
 
+# Order comparisons. On text their result depends on the collation, which a qual does not carry:
+# Postgres compares with the column's collation (usually a locale such as en_US, where
+# 'ac' < 'AD'), every source here by code point (Polars, Iceberg, SQLite BINARY: 'ac' > 'AD').
+# A source filtering a text column on one of these could drop rows Postgres keeps, and Postgres
+# only rechecks the rows it receives, so sources never apply them to text (``=`` / ``<>`` / IN,
+# LIKE and ILIKE are collation-independent under Postgres' deterministic collations and stay
+# pushed down). Other types (numbers, dates, timestamps, bytea) have one order and keep them.
+RANGES = COMPARISONS - {Op.EQUALS, Op.NOT_EQUALS}
+
+
+def collation_dependent(qual: Qual, *, text: bool) -> bool:
+    """Whether ``qual``'s result may depend on the text collation: an order comparison on a ``text``
+    column with a non-null value (against NULL it is never true, whatever the collation). Sources
+    leave such quals to Postgres."""
+    return text and qual.op in RANGES and any(v is not None for v in qual.values)
+
 
 class Quantifier(enum.Enum):
     """How a qual with several values combines them: ``col op ANY(values)`` / ``ALL(values)``."""

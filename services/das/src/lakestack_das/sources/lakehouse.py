@@ -24,6 +24,10 @@ Iceberg returns rows in no particular order, so sort keys are accepted only for 
 Iceberg commit (a snapshot); Iceberg tables have no unique column, so UPDATE and DELETE are
 unsupported.
 
+Text columns: ``<`` / ``<=`` / ``>`` / ``>=`` are pushed neither to Iceberg nor to Polars (both order
+by code point, Postgres by the column's collation, which the qual does not carry); ``=``, ``<>``,
+IN / NOT IN and LIKE are.
+
 Float columns: comparisons Iceberg would evaluate differently from PostgreSQL (``>``/``>=``
 against NaN, and every comparison on a 32-bit ``float`` column, which Iceberg makes in single
 precision) are left to Polars.
@@ -72,7 +76,16 @@ from pyiceberg.table import Table as IcebergTable
 
 from lakestack_common.errors import Conflict, InvalidArgument, Unimplemented
 from lakestack_das.codec import das_type_for_arrow
-from lakestack_das.query import COMPARISONS, Estimate, Op, Qual, Quantifier, Query, SortKey
+from lakestack_das.query import (
+    COMPARISONS,
+    Estimate,
+    Op,
+    Qual,
+    Quantifier,
+    Query,
+    SortKey,
+    collation_dependent,
+)
 from lakestack_das.sources import polars_pushdown as pushdown
 from lakestack_das.sources.base import Batch, ColumnDef, DataSource, Row, SourceContext, Table, TableDef
 
@@ -191,6 +204,8 @@ def iceberg_expression(qual: Qual, field: it.NestedField) -> BooleanExpression |
         return None
     if qual.is_null_test:
         return _make(IsNull, name) if qual.op is Op.EQUALS else _make(NotNull, name)
+    if collation_dependent(qual, text=isinstance(field_type, it.StringType)):
+        return None  # Iceberg orders text by code point, Postgres by the column's collation
     if qual.quantifier is Quantifier.ONE:
         return _one(name, field_type, qual.op, qual.value)
     values = list(qual.values)

@@ -5,7 +5,9 @@ push further down (``lakehouse``). Every qual is translated with SQL semantics: 
 never true against NULL (Polars comparisons yield null there, and a filter keeps only true), ``=
 NULL`` / ``<> NULL`` are IS NULL / IS NOT NULL, ``IN`` is ``is_in`` and ``NOT IN`` ``not is_in``
 with nulls excluded. A qual that cannot be expressed exactly (unknown column, arithmetic operator,
-a value whose type does not fit the column, LIKE on a non-string column) is left out: the client
+a value whose type does not fit the column, LIKE on a non-string column, and ``<`` / ``<=`` / ``>`` /
+``>=`` on text, whose result depends on a collation the qual does not carry, see
+:data:`lakestack_das.query.RANGES`) is left out: the client
 rechecks every qual, so leaving one out only costs rows, and then the limit is not applied
 (:meth:`Query.limit_if_all_applied`).
 
@@ -40,6 +42,7 @@ from lakestack_das.query import (
     Quantifier,
     Query,
     SortKey,
+    collation_dependent,
 )
 
 Schema = Mapping[str, pl.DataType]
@@ -214,6 +217,8 @@ def _untested(qual: Qual, schema: Schema) -> pl.Expr | None:
     if qual.column not in schema or qual.op not in COMPARISONS | PATTERNS:
         return None
     dtype = schema[qual.column]
+    if collation_dependent(qual, text=_is_stringlike(dtype)):
+        return None  # Polars orders text by code point, Postgres by the column's collation
     column = _column(qual.column, dtype)
     if qual.is_null_test:
         return column.is_null() if qual.op is Op.EQUALS else column.is_not_null()

@@ -15,8 +15,12 @@ How SQLite's dynamic typing is made to fit DAS columns:
 
   - long, double: the column itself (numeric affinity) - native, indexes usable;
   - string: the column, or ``CAST(col AS TEXT)`` when its affinity is not TEXT (so ``5`` and
-    ``'5'`` compare alike); text compares by code point (BINARY), as Postgres' "C" collation
-    (ORDER BY says ``COLLATE BINARY``, overriding a column's declared NOCASE or RTRIM);
+    ``'5'`` compare alike), always with ``COLLATE BINARY`` (overriding a column's declared NOCASE
+    or RTRIM, which would widen or narrow ``=``): ``=``, ``<>``, IN / NOT IN compare bytes, as
+    Postgres' deterministic collations do; ORDER BY is code point order, Postgres' "C" collation
+    (text keys are accepted only under it). ``<`` / ``<=`` / ``>`` / ``>=`` on text are never
+    pushed down: their result depends on the Postgres column's collation (en_US has
+    ``'ac' < 'AD'``, BINARY not), which the qual does not carry;
   - binary: ``CAST(col AS BLOB)``;
   - bool, decimal, date, time, timestamp: stored in many shapes (``1``/``'true'``, ``12.3``/
     ``'12.30'``, ISO text/unix numbers), so they are compared through deterministic functions
@@ -77,6 +81,7 @@ from lakestack_das.query import (
     Quantifier,
     Query,
     SortKey,
+    collation_dependent,
     like_regex,
 )
 from lakestack_das.sources.base import (
@@ -679,6 +684,8 @@ class SqliteTable(Table):
             return None
         if qual.is_null_test:
             return f"{column.quoted} IS {'' if qual.op is Op.EQUALS else 'NOT '}NULL", []
+        if collation_dependent(qual, text=column.kind == "string"):
+            return None  # BINARY orders text by code point, Postgres by the column's collation
         expr = column.compare_sql
         if qual.op in PATTERNS:
             if column.kind != "string":
@@ -702,6 +709,10 @@ class SqliteTable(Table):
                 params = [column.bind(v) for v in qual.values]
             except _Skip:
                 return None
+            if column.kind == "string":
+                # `=` / `<>` / IN by bytes, whatever collation the column declares (NOCASE or RTRIM
+                # would make 'abc' = 'ABC' or 'abc' = 'abc '): Postgres' deterministic equality.
+                expr = f"{expr} COLLATE BINARY"
             operator = SQL_OPERATORS[qual.op]
             if qual.quantifier is Quantifier.ONE:
                 return f"{expr} {operator} ?", params

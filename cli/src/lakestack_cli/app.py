@@ -82,10 +82,14 @@ async def _up(members: list[Member], data_dir: Path, log_format: str, follow: bo
         waiting = asyncio.create_task(supervisor.wait_serving(wait_s, progress))
         stopping = asyncio.create_task(stop.wait())
         await asyncio.wait({waiting, stopping}, return_when=asyncio.FIRST_COMPLETED)
-    if not waiting.done() or waiting.exception() is not None:
-        if waiting.done():
-            console.print(f"[red]lakestack up failed:[/red] {waiting.exception()}")
+    if not waiting.done():  # Ctrl-C / SIGTERM while starting: the user's choice, not a failure
         waiting.cancel()
+        console.print("stopping...")
+        await supervisor.stop()
+        console.print("stopped")
+        return 0
+    if waiting.exception() is not None:
+        console.print(f"[red]lakestack up failed:[/red] {waiting.exception()}")
         await supervisor.stop()
         return 1
     stopping.cancel()
